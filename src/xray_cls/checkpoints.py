@@ -1,0 +1,64 @@
+"""Reading our checkpoints back: safely, and with the run's config restored from inside them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from xray_cls.errors import UserError
+from xray_cls.module import ClassificationModule
+from xray_cls.runtime import build_module
+
+# What a checkpoint decides about a run; paths, trainer and loggers come from where it is evaluated.
+RESTORED_KEYS = ("data", "model", "loss", "monitor", "optimizer", "scheduler", "seed")
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load with ``weights_only=True``: tensors and plain containers only, never arbitrary pickles."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist: pass ckpt_path=<path to a .ckpt file>")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise UserError(
+            f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); is it truncated?"
+        ) from None
+    if "xray_cls" not in checkpoint or "state_dict" not in checkpoint:
+        raise UserError(f"checkpoint {path} was not written by xray_cls.train (it has no run config)")
+    return checkpoint
+
+
+def restore_config(cfg: DictConfig, checkpoint: dict[str, Any], overrides: Sequence[str]) -> DictConfig:
+    """``cfg`` with the checkpoint's data/model/... config, then the command line's overrides on top."""
+    stored = OmegaConf.create(checkpoint["xray_cls"]["config"])
+    restored = cfg.copy()
+    with open_dict(restored):
+        for key in RESTORED_KEYS:
+            if key in stored:
+                restored[key] = stored[key]
+        for override in OverridesParser.create().parse_overrides(list(overrides)):
+            key = override.key_or_group
+            if key.split(".")[0] in RESTORED_KEYS:
+                OmegaConf.update(restored, key, OmegaConf.select(cfg, key), merge=False)
+        # The checkpoint holds the weights: never download pretrained ones only to overwrite them.
+        net = restored.model.net
+        if "pretrained" in net:
+            net.pretrained, net.weights_path = False, None
+    return restored
+
+
+def module_from_checkpoint(cfg: DictConfig, checkpoint: dict[str, Any]) -> ClassificationModule:
+    module = build_module(cfg)
+    try:
+        module.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as err:
+        raise UserError(
+            f"checkpoint does not fit the model {cfg.model.net._target_}: {str(err)[:500]}"
+        ) from None
+    return module

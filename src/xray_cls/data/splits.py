@@ -1,0 +1,53 @@
+"""Holding out a stratified fraction of a data set without splitting any patient (group)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def grouped_stratified_split(
+    labels: np.ndarray, groups: np.ndarray | None, val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split sample indices into sorted ``(train_idx, val_idx)``.
+
+    Whole groups go to one side only. Each group counts towards its majority label (ties: the lowest
+    label), and per label about ``val_fraction`` of its samples go to validation: at least one group
+    when the label has two groups or more, and never all of them. ``groups=None`` makes every sample its
+    own group. The result depends only on the inputs and ``seed``.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    labels = np.asarray(labels)
+    n = len(labels)
+    if groups is not None and len(groups) != n:
+        raise ValueError(f"{n} labels but {len(groups)} groups")
+    if n == 0 or val_fraction == 0.0:
+        return np.arange(n), np.arange(0)
+
+    _, y = np.unique(labels, return_inverse=True)
+    if groups is None:
+        g = np.arange(n)
+    else:
+        _, g = np.unique(np.asarray(groups), return_inverse=True)
+    y, g = y.reshape(-1), g.reshape(-1)
+    num_classes, num_groups = int(y.max()) + 1, int(g.max()) + 1
+
+    counts = np.bincount(g * num_classes + y, minlength=num_groups * num_classes)
+    counts = counts.reshape(num_groups, num_classes)
+    group_label = counts.argmax(axis=1)
+    group_size = counts.sum(axis=1)
+
+    rng = np.random.default_rng(seed)
+    val_group = np.zeros(num_groups, dtype=bool)
+    for c in range(num_classes):
+        members = rng.permutation(np.flatnonzero(group_label == c))
+        if len(members) < 2:
+            continue  # a lone group stays in train: the model must see the class at all
+        # Take the prefix of the shuffled groups whose sample count is closest to the target.
+        taken = np.concatenate(([0], np.cumsum(group_size[members])))
+        target = val_fraction * taken[-1]
+        k = int(np.clip(np.abs(taken - target).argmin(), 1, len(members) - 1))
+        val_group[members[:k]] = True
+
+    is_val = val_group[g]
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)

@@ -1,0 +1,175 @@
+"""One LightningModule for every classifier: any ``net``, loss, optimizer and scheduler from config."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import nn
+from torchmetrics import MaxMetric, MeanMetric
+
+from xray_cls.evaluation.metrics import ClassificationMetrics
+from xray_cls.models.finetune import param_groups
+
+log = logging.getLogger(__name__)
+
+STAGES = ("train", "val", "test")
+
+
+class ClassificationModule(L.LightningModule):
+    """Takes float images in [0, 1]; normalises them, runs ``net`` and logs ``stage/metric`` values.
+
+    The run's config travels inside every checkpoint, so eval and predict can rebuild the model from the
+    checkpoint alone.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        class_names: Sequence[str],
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Mapping[str, Any] | None = None,
+        mean: Sequence[float] = (0.5,),
+        std: Sequence[float] = (0.5,),
+        label_smoothing: float = 0.0,
+        backbone_lr_mult: float = 1.0,
+        positive_index: int | None = None,
+        monitor: str = "val/acc",
+        monitor_mode: str = "max",
+        channels_last: bool = False,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.class_names = list(class_names)
+        self.optimizer_factory = optimizer
+        self.scheduler_cfg = scheduler
+        self.backbone_lr_mult = backbone_lr_mult
+        self.monitor = monitor
+        self.channels_last = channels_last
+        self.config = config or {}
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        # Keyed "<stage>_..." because a bare "train" would shadow nn.Module.train.
+        self.metrics = nn.ModuleDict(
+            {
+                f"{s}_metrics": ClassificationMetrics(self.class_names, positive_index, full=s != "train")
+                for s in STAGES
+            }
+        )
+        self.losses = nn.ModuleDict({f"{s}_loss": MeanMetric() for s in STAGES})
+        best = MaxMetric if monitor_mode == "max" else _MinMetric
+        self.best = nn.ModuleDict({"acc": MaxMetric(), "monitor": best()})
+        # Operating threshold of binary tasks, chosen on validation data by eval; 0.5 until then.
+        self.register_buffer("threshold", torch.tensor(0.5))
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        weights = getattr(datamodule, "class_weights", None)
+        if weights is not None:
+            self.criterion.weight = weights.to(self.device)
+            log.info("class weights in the loss: %s", weights.tolist())
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        images = (images - self.mean) / self.std
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.net(images)
+
+    # -- steps --------------------------------------------------------------------------------------------
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> dict[str, Any]:
+        images, targets = batch
+        logits = self(images)
+        loss = self.criterion(logits, targets)
+        self.losses[f"{stage}_loss"].update(loss.detach(), weight=len(targets))
+        self.metrics[f"{stage}_metrics"].update(logits.detach(), targets)
+        # Callbacks (figures, evaluation) read the logits from the step's output.
+        return {"loss": loss, "logits": logits.detach()}
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, Any]:
+        if batch_idx == 0 and self.current_epoch == 0:
+            self._log_image_grid(batch[0])
+        output = self._step(batch, "train")
+        self.log("train/loss_step", output["loss"], prog_bar=True, on_step=True, on_epoch=False)
+        return output
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, Any]:
+        return self._step(batch, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, Any]:
+        return self._step(batch, "test")
+
+    # -- epoch ends ---------------------------------------------------------------------------------------
+    def _epoch_values(self, stage: str) -> dict[str, torch.Tensor]:
+        values = {f"{stage}/{k}": v for k, v in self.metrics[f"{stage}_metrics"].compute().items()}
+        values[f"{stage}/loss"] = self.losses[f"{stage}_loss"].compute()
+        self.metrics[f"{stage}_metrics"].reset()
+        self.losses[f"{stage}_loss"].reset()
+        return values
+
+    def on_train_epoch_end(self) -> None:
+        self.log_dict(self._epoch_values("train"))
+
+    def on_validation_epoch_end(self) -> None:
+        values = self._epoch_values("val")
+        if self.trainer.sanity_checking:
+            return
+        self.best["acc"].update(values["val/acc"])
+        values["val/acc_best"] = self.best["acc"].compute()
+        if self.monitor in values and self.monitor != "val/acc":
+            self.best["monitor"].update(values[self.monitor])
+            values[f"{self.monitor}_best"] = self.best["monitor"].compute()
+        monitored = values.pop(self.monitor, None)
+        self.log_dict(values)
+        if monitored is not None:
+            self.log(self.monitor, monitored, prog_bar=True)
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self._epoch_values("test"))
+
+    def _log_image_grid(self, images: torch.Tensor) -> None:
+        for logger in self.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                from torchvision.utils import make_grid
+
+                grid = make_grid(images[:32].float().clamp(0, 1).cpu(), nrow=8)
+                logger.experiment.add_image("train/samples", grid, self.global_step)
+
+    # -- optimisation -------------------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        lr = _keyword(self.optimizer_factory, "lr")
+        optimizer = self.optimizer_factory(param_groups(self.net, lr, self.backbone_lr_mult))
+        if self.scheduler_cfg is None or self.scheduler_cfg.get("factory") is None:
+            return optimizer
+        interval = self.scheduler_cfg.get("interval", "epoch")
+        total = self.trainer.estimated_stepping_batches if interval == "step" else self.trainer.max_epochs
+        scheduler = self.scheduler_cfg["factory"](optimizer, total_steps=int(total))
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": interval, "monitor": self.monitor},
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["xray_cls"] = {"config": self.config, "class_names": self.class_names}
+
+
+class _MinMetric(MaxMetric):
+    """The smallest value seen (for metrics where lower is better, such as a loss)."""
+
+    def update(self, value: torch.Tensor) -> None:  # type: ignore[override]
+        super().update(-value)
+
+    def compute(self) -> torch.Tensor:
+        return -super().compute()
+
+
+def _keyword(factory: Callable[..., Any], name: str) -> Any:
+    if isinstance(factory, partial) and name in factory.keywords:
+        return factory.keywords[name]
+    raise ValueError(f"the optimizer config must set {name}")

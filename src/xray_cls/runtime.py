@@ -1,0 +1,116 @@
+"""What train, eval and predict share: building objects from config, and turning errors into messages."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from xray_cls.errors import UserError
+from xray_cls.module import ClassificationModule
+
+log = logging.getLogger("xray_cls")
+
+
+def build(node: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate``, but a UserError raised inside comes out as itself, not wrapped."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        while cause is not None and not isinstance(cause, UserError):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        raise cause from None
+
+
+def build_module(cfg: DictConfig) -> ClassificationModule:
+    net = build(cfg.model.net)
+    if cfg.model.get("channels_last"):
+        net = net.to(memory_format=torch.channels_last)
+    if cfg.model.get("compile"):
+        net.compile()
+    optimizer_cfg = OmegaConf.to_container(cfg.optimizer, resolve=True)
+    backbone_lr_mult = optimizer_cfg.pop("backbone_lr_mult", 1.0)
+    scheduler = None
+    if cfg.scheduler.get("factory") is not None:
+        scheduler = {**cfg.scheduler, "factory": build(cfg.scheduler.factory)}
+    mean, std = _normalisation(cfg, net)
+    class_names = list(cfg.data.class_names)
+    return ClassificationModule(
+        net=net,
+        class_names=class_names,
+        optimizer=build(optimizer_cfg),
+        scheduler=scheduler,
+        mean=mean,
+        std=std,
+        label_smoothing=cfg.loss.label_smoothing,
+        backbone_lr_mult=backbone_lr_mult,
+        positive_index=positive_index(cfg),
+        monitor=cfg.monitor.metric,
+        monitor_mode=cfg.monitor.mode,
+        channels_last=bool(cfg.model.get("channels_last")),
+        config=OmegaConf.to_container(cfg, resolve=False),
+    )
+
+
+def positive_index(cfg: DictConfig) -> int | None:
+    """Index of the positive class of a binary task: ``data.positive_class``, else the last class."""
+    class_names = list(cfg.data.class_names)
+    name = cfg.data.get("positive_class")
+    if len(class_names) != 2:
+        return None
+    if name is None:
+        return 1
+    if name not in class_names:
+        raise UserError(f"data.positive_class={name!r} is not a class of the data set: {class_names}")
+    return class_names.index(name)
+
+
+def _normalisation(cfg: DictConfig, net: torch.nn.Module) -> tuple[list[float], list[float]]:
+    """Explicit model.mean/std, else the pretrained weights' own statistics, else the data set's."""
+    if cfg.model.get("mean") is not None:
+        return list(cfg.model.mean), list(cfg.model.std)
+    stats = getattr(net, "input_stats", None)
+    if stats is not None:
+        return list(stats[0]), list(stats[1])
+    return list(cfg.data.mean), list(cfg.data.std)
+
+
+def instantiate_all(group: DictConfig | None) -> list[Any]:
+    """Instantiate every entry of a dict-of-configs group (callbacks, loggers); null entries are off."""
+    if not group:
+        return []
+    return [build(node) for node in group.values() if node is not None and "_target_" in node]
+
+
+def is_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """A UserError ends a single run with its message alone and exit status 2, not a traceback."""
+    try:
+        yield
+    except UserError as err:
+        if is_multirun():
+            raise
+        log.error("%s", err)
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def seed_everything(cfg: DictConfig) -> None:
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
