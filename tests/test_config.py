@@ -7,6 +7,7 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from tests.xray_fixtures import write_image_folder
 from xray_cls.config import config_dir
 
 
@@ -23,9 +24,16 @@ def test_every_group_has_options() -> None:
         assert _options(group), f"config group {group} is empty"
 
 
+@pytest.fixture
+def option_overrides(tmp_path):
+    """Options that need a value the user must give (an image folder's path)."""
+    write_image_folder(tmp_path / "folder", {"cats": 2, "dogs": 2})
+    return {"image_folder": [f"data.source.path={tmp_path / 'folder'}"]}
+
+
 @pytest.mark.parametrize(("group", "option"), CASES, ids=[f"{g}={o}" for g, o in CASES])
-def test_option_composes_and_resolves(make_cfg, group: str, option: str) -> None:
-    cfg = make_cfg(f"{group}={option}")
+def test_option_composes_and_resolves(make_cfg, option_overrides, group: str, option: str) -> None:
+    cfg = make_cfg(f"{group}={option}", *option_overrides.get(option, []))
     container = OmegaConf.to_container(cfg, resolve=True)
     assert container["model"]["net"]["num_classes"] == len(container["data"]["class_names"])
     assert container["model"]["net"]["in_channels"] == container["data"]["num_channels"]
@@ -36,8 +44,8 @@ def test_option_composes_and_resolves(make_cfg, group: str, option: str) -> None
 
 
 @pytest.mark.parametrize("option", _options("data"))
-def test_data_options_instantiate(make_cfg, option: str) -> None:
-    datamodule = instantiate(make_cfg(f"data={option}").data)
+def test_data_options_instantiate(make_cfg, option_overrides, option: str) -> None:
+    datamodule = instantiate(make_cfg(f"data={option}", *option_overrides.get(option, [])).data)
     assert datamodule.class_names
 
 

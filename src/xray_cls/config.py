@@ -37,6 +37,7 @@ def _class_folders(path: str) -> list[str]:
 def register_resolvers() -> None:
     resolvers = {
         "len": len,
+        "if_binary": lambda class_names, binary, multiclass: binary if len(class_names) == 2 else multiclass,
         "project_root": lambda: str(project_root()),
         "class_folders": _class_folders,
     }

@@ -1,0 +1,246 @@
+"""Decode an image set once into a uint8 ``[N, C, H, W]`` ``.npy`` on disk, then memory-map it every run.
+
+Decoding large JPEGs costs far more than a training step; doing it once per data set instead of once per
+epoch is what keeps the GPU busy. The cache is keyed by the file list (relative paths, sizes, mtimes), the
+output size and channel count, so any change rebuilds it and anything else reuses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from xray_cls.errors import UserError
+
+# Bump when decoding changes in a way that alters pixels: old caches then stop matching.
+CACHE_VERSION = 1
+_CHUNK = 64
+_SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+
+
+def decode_image(path: Path, image_size: int, num_channels: int) -> np.ndarray:
+    """One image file as uint8 ``[C, image_size, image_size]``.
+
+    Same geometry as torchvision's ``Resize(image_size)`` then ``CenterCrop(image_size)``: the shorter
+    side is scaled (bilinear, antialiased) to ``image_size`` and the centre square kept.
+    """
+    mode = _mode(num_channels)
+    with Image.open(path) as img:
+        # JPEG only: libjpeg scales by 1/2, 1/4 or 1/8 while decoding, never below the requested size.
+        img.draft(mode, (image_size, image_size))
+        img = _to_mode(img, mode)
+        img = _resize_center_crop(img, image_size)
+    array = np.asarray(img, dtype=np.uint8)
+    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
+def load_or_build_cache(
+    files: Sequence[Path],
+    root: Path,
+    image_size: int,
+    num_channels: int,
+    cache_dir: Path,
+    workers: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The decoded images of ``files`` (read-only memory map) and the indices into ``files`` they hold.
+
+    Files that cannot be decoded are left out, with one warning naming them; the returned indices say
+    which files the array rows are. ``root`` only makes the cache key independent of where the data
+    set lives. ``workers`` processes decode in parallel (default: every CPU this process may use).
+    """
+    _mode(num_channels)
+    files = [Path(f) for f in files]
+    tail = (num_channels, image_size, image_size)
+    if not files:
+        return np.zeros((0, *tail), dtype=np.uint8), np.zeros(0, dtype=np.int64)
+
+    names = [_relative(f, Path(root)) for f in files]
+    key = _cache_key(files, names, image_size, num_channels)
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"images_{image_size}px_{num_channels}ch_{key[:16]}"
+    npy, meta = cache_dir / f"{stem}.npy", cache_dir / f"{stem}.json"
+
+    cached = _open_cached(npy, meta, key, len(files), tail)
+    if cached is None:
+        _build(files, names, image_size, num_channels, npy, meta, key, workers)
+        cached = _open_cached(npy, meta, key, len(files), tail)
+        if cached is None:
+            raise RuntimeError(f"the image cache {npy} just written cannot be read back")
+    images, skipped = cached
+    if len(skipped):
+        listed = ", ".join(names[i] for i in skipped[:10]) + (" ..." if len(skipped) > 10 else "")
+        warnings.warn(
+            f"Left out {len(skipped)} of {len(files)} image files under {root} that cannot be decoded "
+            f"(all listed in {meta}): {listed}",
+            stacklevel=2,
+        )
+    return images, np.setdiff1d(np.arange(len(files)), skipped)
+
+
+def _mode(num_channels: int) -> str:
+    if num_channels not in (1, 3):
+        raise ValueError(f"num_channels must be 1 or 3, got {num_channels}")
+    return "L" if num_channels == 1 else "RGB"
+
+
+def _to_mode(img: Image.Image, mode: str) -> Image.Image:
+    if img.mode in _SIXTEEN_BIT:
+        # PIL clips 16-bit values at 255 when converting to L; scale the full range down instead.
+        wide = np.asarray(img, dtype=np.float32) / 257.0
+        img = Image.fromarray(np.clip(wide.round(), 0, 255).astype(np.uint8), "L")
+    return img if img.mode == mode else img.convert(mode)
+
+
+def _resize_center_crop(img: Image.Image, size: int) -> Image.Image:
+    # Mirrors torchvision.transforms.functional.resize / center_crop so cached and naive pipelines agree.
+    width, height = img.size
+    long = int(size * max(width, height) / min(width, height))
+    new_w, new_h = (size, long) if width <= height else (long, size)
+    if (new_w, new_h) != img.size:
+        img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    top, left = round((new_h - size) / 2.0), round((new_w - size) / 2.0)
+    return img.crop((left, top, left + size, top + size))
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def _cache_key(files: list[Path], names: list[str], image_size: int, num_channels: int) -> str:
+    digest = hashlib.sha256(f"v{CACHE_VERSION} {image_size}px {num_channels}ch\n".encode())
+    for path, name in zip(files, names, strict=True):
+        try:
+            st = path.stat()
+            size, mtime = st.st_size, st.st_mtime_ns
+        except OSError:  # vanished since the scan: it will be reported as unreadable
+            size, mtime = -1, -1
+        digest.update(f"{name}\0{size}\0{mtime}\n".encode())
+    return digest.hexdigest()
+
+
+def _open_cached(
+    npy: Path, meta: Path, key: str, num_files: int, tail: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray] | None:
+    if not npy.exists() and not meta.exists():
+        return None
+    try:
+        info = json.loads(meta.read_text())
+        if info.get("key") != key:
+            raise ValueError("its sidecar belongs to other images")
+        skipped = np.asarray(info["skipped"], dtype=np.int64)
+        images = np.load(npy, mmap_mode="r")
+        expected = (num_files - len(skipped), *tail)
+        if images.shape != expected or images.dtype != np.uint8:
+            raise ValueError(f"it holds {images.dtype} {images.shape}, expected uint8 {expected}")
+    except Exception as err:  # whatever is wrong with it (truncated, garbage, half written), rebuild
+        warnings.warn(f"Image cache {npy} is unusable ({err}); rebuilding it.", stacklevel=3)
+        return None
+    return images, skipped
+
+
+def _build(
+    files: list[Path],
+    names: list[str],
+    image_size: int,
+    num_channels: int,
+    npy: Path,
+    meta: Path,
+    key: str,
+    workers: int | None,
+) -> None:
+    n, tail = len(files), (num_channels, image_size, image_size)
+    # A process-unique temporary name in the same folder: os.replace is then atomic, and concurrent
+    # builders (one per DDP rank) never write into each other's file.
+    tmp = npy.with_name(f".{npy.stem}.{os.getpid()}.tmp.npy")
+    compact = npy.with_name(f".{npy.stem}.{os.getpid()}.compact.tmp.npy")
+    tmp_meta = meta.with_name(f".{meta.stem}.{os.getpid()}.tmp.json")
+    try:
+        # Only the header and the file size are set here: the decoding processes open it themselves.
+        np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, *tail)).flush()
+        failed = _decode_all(tmp, files, image_size, num_channels, workers, desc=f"Decoding {npy.name}")
+
+        if len(failed) == n:
+            raise UserError(
+                f"None of the {n} image files could be decoded (first: {files[0]}). "
+                "The data set is damaged or not made of images: unpack or download it again."
+            )
+        if failed:
+            keep = np.setdiff1d(np.arange(n), failed)
+            full = np.load(tmp, mmap_mode="r")
+            out = np.lib.format.open_memmap(compact, mode="w+", dtype=np.uint8, shape=(len(keep), *tail))
+            for start in range(0, len(keep), 1024):  # bounded memory: a block of rows at a time
+                out[start : start + 1024] = full[keep[start : start + 1024]]
+            out.flush()
+            del out, full
+            os.replace(compact, tmp)
+
+        meta.unlink(missing_ok=True)  # the sidecar is written last: it marks the pair complete
+        os.replace(tmp, npy)
+        info = {
+            "key": key,
+            "version": CACHE_VERSION,
+            "shape": [n - len(failed), *tail],
+            "num_files": n,
+            "skipped": failed,
+            "skipped_files": [names[i] for i in failed],
+        }
+        tmp_meta.write_text(json.dumps(info, indent=1))
+        os.replace(tmp_meta, meta)
+    finally:
+        for leftover in (tmp, compact, tmp_meta):
+            leftover.unlink(missing_ok=True)
+
+
+def _decode_all(
+    tmp: Path, files: list[Path], image_size: int, num_channels: int, workers: int | None, desc: str
+) -> list[int]:
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    # Several chunks per worker even for small sets, so a slow chunk does not leave the others idle.
+    size = max(1, min(_CHUNK, -(-len(files) // (4 * max(1, workers)))))
+    chunks = [(start, [str(f) for f in files[start : start + size]]) for start in range(0, len(files), size)]
+    workers = max(1, min(workers, len(chunks)))
+    failed: list[int] = []
+    with tqdm(total=len(files), desc=desc, unit="img") as bar:
+        if workers == 1:
+            for start, paths in chunks:
+                failed += _decode_chunk(str(tmp), start, paths, image_size, num_channels)
+                bar.update(len(paths))
+        else:
+            pool = ProcessPoolExecutor(workers)
+            try:
+                futures = {
+                    pool.submit(_decode_chunk, str(tmp), start, paths, image_size, num_channels): len(paths)
+                    for start, paths in chunks
+                }
+                for future in as_completed(futures):
+                    failed += future.result()
+                    bar.update(futures[future])
+            finally:
+                pool.shutdown(cancel_futures=True)  # on Ctrl-C, do not decode the rest first
+    return sorted(failed)
+
+
+def _decode_chunk(tmp: str, start: int, paths: list[str], image_size: int, num_channels: int) -> list[int]:
+    out = np.load(tmp, mmap_mode="r+")
+    failed = []
+    for index, path in enumerate(paths, start):
+        try:
+            out[index] = decode_image(Path(path), image_size, num_channels)
+        except Exception:  # PIL raises many types for broken files; each one only costs that file
+            failed.append(index)
+    out.flush()
+    return failed

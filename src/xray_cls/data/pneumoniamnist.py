@@ -1,0 +1,80 @@
+"""MedMNIST v2 PneumoniaMNIST: the chest X-ray set pre-resized to 28-224 px, with its own val split."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from torchvision.datasets.utils import download_url
+
+from xray_cls.data.base import SplitArrays
+from xray_cls.errors import UserError
+
+# From medmnist 3.0.2, medmnist/info.py INFO["pneumoniamnist"] (Zenodo record 10519652, MedMNIST+).
+_RECORD = "https://zenodo.org/records/10519652/files"
+_MD5 = {
+    28: "28209eda62fecd6e6a2d98b1501bb15f",
+    64: "8f4eceb4ccffa70c672198ea285246c6",
+    128: "05b46931834c231683c68f40c47b2971",
+    224: "d6a3c71de1b945ea11211b03746c1fe1",
+}
+
+
+class PneumoniaMNISTSource:
+    """``<root>/medmnist/pneumoniamnist[_{size}].npz``: train/val/test images (N, H, W) uint8 and labels."""
+
+    def __init__(self, size: int = 28, download: bool = True) -> None:
+        if size not in _MD5:
+            raise UserError(f"PneumoniaMNIST comes in sizes {sorted(_MD5)}, not data.source.size={size}")
+        self.size = size
+        self.download = download
+        self.filename = "pneumoniamnist.npz" if size == 28 else f"pneumoniamnist_{size}.npz"
+        self.url = f"{_RECORD}/{self.filename}?download=1"
+
+    def path(self, root: Path) -> Path:
+        return Path(root) / "medmnist" / self.filename
+
+    def prepare(self, root: Path) -> None:
+        path = self.path(root)
+        if path.is_file():
+            return
+        if not self.download:
+            raise UserError(self._missing(path, "and data.source.download=false"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Download next to the target and rename when the MD5 matches: never a half file in its place.
+        tmp = Path(tempfile.mkdtemp(prefix=f".{self.filename}.download-", dir=path.parent))
+        try:
+            download_url(self.url, str(tmp), self.filename, _MD5[self.size])
+            os.replace(tmp / self.filename, path)
+        except Exception as err:  # URLError, HTTPError, OSError, RuntimeError on an MD5 mismatch
+            raise UserError(self._missing(path, f"and could not be downloaded ({err})")) from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def load(self, root: Path) -> dict[str, SplitArrays]:
+        path = self.path(root)
+        if not path.is_file():
+            raise UserError(self._missing(path, "(run with data.source.download=true to fetch it)"))
+        try:
+            with np.load(path) as npz:
+                return {split: _split(npz, split) for split in ("train", "val", "test")}
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+            raise UserError(f"{path} is damaged ({err}): delete it and run again to download it.") from None
+
+    def _missing(self, path: Path, why: str) -> str:
+        return (
+            f"PneumoniaMNIST ({self.size} px) is not at {path} {why}. Download {self.url} "
+            f"(MD5 {_MD5[self.size]}) and save it as {path}."
+        )
+
+
+def _split(npz: np.lib.npyio.NpzFile, split: str) -> SplitArrays:
+    images = npz[f"{split}_images"]
+    # MedMNIST stores grey sets as (N, H, W) and colour ones as (N, H, W, 3).
+    images = images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)
+    labels = npz[f"{split}_labels"].reshape(-1).astype(np.int64)
+    return SplitArrays(np.ascontiguousarray(images, dtype=np.uint8), labels)
