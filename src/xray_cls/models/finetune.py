@@ -110,8 +110,16 @@ class FreezeBackbone(BaseFinetuning):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # Only fitting trains; BaseFinetuning would freeze again before test or predict too.
-        if stage == "fit":
-            super().setup(trainer, pl_module, stage)
+        if stage != "fit":
+            return
+        if self.unfreeze_at_epoch is not None and trainer.world_size > 1:
+            # DDP syncs the gradients of the parameters trainable when it wraps the model, so a backbone
+            # unfrozen later would train apart on every process (Lightning issue #20340).
+            raise UserError(
+                "model.finetune=gradual cannot run on several processes (DDP): use one device, or "
+                "model.finetune=full with a small optimizer.backbone_lr_mult, or model.finetune=linear_probe"
+            )
+        super().setup(trainer, pl_module, stage)
 
     def freeze_before_training(self, pl_module: L.LightningModule) -> None:
         self._backbone = backbone_modules(pl_module.net)
