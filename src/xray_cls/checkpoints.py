@@ -22,7 +22,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load with ``weights_only=True``: tensors and plain containers only, never arbitrary pickles."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist: pass ckpt_path=<path to a .ckpt file>")
+        raise UserError(
+            f"checkpoint {path} does not exist: give the path of a .ckpt file (or resume=<a run directory>)"
+        )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
@@ -34,17 +36,19 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
-def restore_config(cfg: DictConfig, checkpoint: dict[str, Any], overrides: Sequence[str]) -> DictConfig:
-    """``cfg`` with the checkpoint's data/model/... config, then the command line's overrides on top."""
+def restore_config(
+    cfg: DictConfig, checkpoint: dict[str, Any], overrides: Sequence[str], keys: Sequence[str] = RESTORED_KEYS
+) -> DictConfig:
+    """``cfg`` with the checkpoint's config under ``keys``, then the command line's overrides on top."""
     stored = OmegaConf.create(checkpoint["xray_cls"]["config"])
     restored = cfg.copy()
     with open_dict(restored):
-        for key in RESTORED_KEYS:
+        for key in keys:
             if key in stored:
                 restored[key] = stored[key]
         for override in OverridesParser.create().parse_overrides(list(overrides)):
             key = override.key_or_group
-            if key.split(".")[0] in RESTORED_KEYS:
+            if key.split(".")[0] in keys:
                 OmegaConf.update(restored, key, OmegaConf.select(cfg, key), merge=False)
         # The checkpoint holds the weights: never download pretrained ones only to overwrite them.
         net = restored.model.net

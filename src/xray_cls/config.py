@@ -37,6 +37,8 @@ def _class_folders(path: str) -> list[str]:
 def register_resolvers() -> None:
     resolvers = {
         "len": len,
+        "coalesce": lambda *values: next((v for v in values if v is not None), None),
+        "choose": lambda condition, if_true, if_false: if_true if condition else if_false,
         "if_binary": lambda class_names, binary, multiclass: binary if len(class_names) == 2 else multiclass,
         "project_root": lambda: str(project_root()),
         "class_folders": _class_folders,

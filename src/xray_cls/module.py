@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -11,8 +12,9 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
-from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics import MaxMetric, MeanMetric, Metric
 
+from xray_cls.errors import UserError
 from xray_cls.evaluation.metrics import ClassificationMetrics
 from xray_cls.models.finetune import param_groups
 
@@ -42,6 +44,7 @@ class ClassificationModule(L.LightningModule):
         monitor: str = "val/acc",
         monitor_mode: str = "max",
         channels_last: bool = False,
+        nonfinite_loss: str = "stop",
         config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -52,6 +55,7 @@ class ClassificationModule(L.LightningModule):
         self.backbone_lr_mult = backbone_lr_mult
         self.monitor = monitor
         self.channels_last = channels_last
+        self.nonfinite_loss = nonfinite_loss
         self.config = config or {}
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
@@ -64,6 +68,10 @@ class ClassificationModule(L.LightningModule):
             }
         )
         self.losses = nn.ModuleDict({f"{s}_loss": MeanMetric() for s in STAGES})
+        # Training accumulators go into checkpoints, so a run resumed mid-epoch ends with the same numbers.
+        for metric in [*self.metrics["train_metrics"].modules(), self.losses["train_loss"]]:
+            if isinstance(metric, Metric):
+                metric.persistent(True)
         best = MaxMetric if monitor_mode == "max" else _MinMetric
         self.best = nn.ModuleDict({"acc": MaxMetric(), "monitor": best()})
         # Operating threshold of binary tasks, chosen on validation data by eval; 0.5 until then.
@@ -83,20 +91,26 @@ class ClassificationModule(L.LightningModule):
         return self.net(images)
 
     # -- steps --------------------------------------------------------------------------------------------
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> dict[str, Any]:
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> dict[str, Any] | None:
         images, targets = batch
         logits = self(images)
         loss = self.criterion(logits, targets)
+        if stage == "train" and not torch.isfinite(loss):
+            self._nonfinite_loss(loss)
+            return None  # Lightning skips the optimizer step of a batch whose step returns None
         self.losses[f"{stage}_loss"].update(loss.detach(), weight=len(targets))
         self.metrics[f"{stage}_metrics"].update(logits.detach(), targets)
         # Callbacks (figures, evaluation) read the logits from the step's output.
         return {"loss": loss, "logits": logits.detach()}
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, Any]:
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> dict[str, Any] | None:
         if batch_idx == 0 and self.current_epoch == 0:
             self._log_image_grid(batch[0])
         output = self._step(batch, "train")
-        self.log("train/loss_step", output["loss"], prog_bar=True, on_step=True, on_epoch=False)
+        if output is not None:
+            self.log("train/loss_step", output["loss"], prog_bar=True, on_step=True, on_epoch=False)
         return output
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, Any]:
@@ -104,6 +118,19 @@ class ClassificationModule(L.LightningModule):
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, Any]:
         return self._step(batch, "test")
+
+    def _nonfinite_loss(self, loss: torch.Tensor) -> None:
+        where = f"epoch {self.current_epoch}, step {self.global_step}"
+        if self.nonfinite_loss == "skip":
+            log.warning("skipped a batch with a non-finite loss (%s) at %s", loss.item(), where)
+            return
+        checkpoint = self.trainer.checkpoint_callback
+        last_good = (checkpoint.last_model_path or checkpoint.best_model_path) if checkpoint else ""
+        raise NonFiniteLossError(
+            f"training stopped: the loss became {loss.item()} at {where}. The last good checkpoint is "
+            f"{last_good or 'none (no epoch finished yet)'}. Lower optimizer.lr, set "
+            "trainer.gradient_clip_val, or skip such batches with on_nonfinite_loss=skip."
+        )
 
     # -- epoch ends ---------------------------------------------------------------------------------------
     def _epoch_values(self, stage: str) -> dict[str, torch.Tensor]:
@@ -156,7 +183,23 @@ class ClassificationModule(L.LightningModule):
         }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["xray_cls"] = {"config": self.config, "class_names": self.class_names}
+        # Random states make a resumed run draw the same augmentations and dropout masks as an unbroken one.
+        rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        checkpoint["xray_cls"] = {"config": self.config, "class_names": self.class_names, "rng": rng}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        rng = checkpoint.get("xray_cls", {}).get("rng")
+        if rng and self.trainer.state.fn == "fit":
+            torch.set_rng_state(rng["torch"])
+            random.setstate(rng["python"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+class NonFiniteLossError(UserError):
+    """The training loss became NaN or infinite."""
 
 
 class _MinMetric(MaxMetric):

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from xray_cls.errors import UserError
 from xray_cls.module import ClassificationModule
+from xray_cls.validation import check_image_size
 
 log = logging.getLogger("xray_cls")
 
@@ -37,6 +38,7 @@ def build(node: Any, **kwargs: Any) -> Any:
 
 def build_module(cfg: DictConfig) -> ClassificationModule:
     net = build(cfg.model.net)
+    check_image_size(net, cfg.data.image_size)
     if cfg.model.get("channels_last"):
         net = net.to(memory_format=torch.channels_last)
     if cfg.model.get("compile"):
@@ -61,6 +63,7 @@ def build_module(cfg: DictConfig) -> ClassificationModule:
         monitor=cfg.monitor.metric,
         monitor_mode=cfg.monitor.mode,
         channels_last=bool(cfg.model.get("channels_last")),
+        nonfinite_loss=cfg.get("on_nonfinite_loss", "stop"),
         config=OmegaConf.to_container(cfg, resolve=False),
     )
 
@@ -95,13 +98,17 @@ def instantiate_all(group: DictConfig | None) -> list[Any]:
     return [build(node) for node in group.values() if node is not None and "_target_" in node]
 
 
+def command_line_overrides() -> list[str]:
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
 def is_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """A UserError ends a single run with its message alone and exit status 2, not a traceback."""
+    """A UserError ends a single run with its message alone and a non-zero exit status, not a traceback."""
     try:
         yield
     except UserError as err:
@@ -109,7 +116,7 @@ def user_errors() -> Iterator[None]:
             raise
         log.error("%s", err)
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(err.exit_code)
 
 
 def seed_everything(cfg: DictConfig) -> None:

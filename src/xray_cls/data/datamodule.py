@@ -89,8 +89,6 @@ class ClassificationDataModule(L.LightningDataModule):
         positive_class: str | None = None,
     ) -> None:
         super().__init__()
-        if balance not in BALANCE_MODES:
-            raise UserError(f"data.balance={balance!r} is not one of {', '.join(BALANCE_MODES)}")
         self.source, self.root = source, Path(root)
         self.class_names = list(class_names)
         self.positive_class = positive_class
@@ -103,6 +101,8 @@ class ClassificationDataModule(L.LightningDataModule):
         self.on_device, self.on_device_max_bytes = on_device, on_device_max_bytes
         self.splits: dict[str, SplitView] = {}
         self.batch_augment: torch.nn.Module | None = None
+        self._train_batches: DeviceBatches | None = None
+        self._train_position: dict[str, int] | None = None
 
     # -- data ---------------------------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -181,7 +181,10 @@ class ClassificationDataModule(L.LightningDataModule):
         self.batch_augment = None
         if self.uses_device_batches():
             self.batch_augment = batch_augmentation(self.augment, self.image_size)
-            return self._device_batches("train", shuffle=True)
+            self._train_batches = self._device_batches("train", shuffle=True)
+            if self._train_position is not None:
+                self._train_batches.load_state_dict(self._train_position)
+            return self._train_batches
         weights = self._sample_weights()
         sampler = None
         if weights is not None:
@@ -214,6 +217,11 @@ class ClassificationDataModule(L.LightningDataModule):
             sample_weights=self._sample_weights() if shuffle else None,
             rank=trainer.global_rank if trainer else 0,
             world_size=trainer.world_size if trainer else 1,
+            progress=(
+                lambda: (trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.completed)
+            )
+            if trainer and shuffle
+            else None,
         )
 
     def _loader(self, dataset: Dataset, shuffle: bool, **kwargs: Any) -> DataLoader:
@@ -227,6 +235,15 @@ class ClassificationDataModule(L.LightningDataModule):
             persistent_workers=self.persistent_workers and self.num_workers > 0,
             **kwargs,
         )
+
+    # Where training stands in the epoch travels in checkpoints through the data module's own state, which
+    # Lightning restores before it first asks for a loader (the loader's state comes too late when a
+    # step-wise LR schedule has already asked for the loader's length).
+    def state_dict(self) -> dict[str, Any]:
+        return {"train_position": self._train_batches.state_dict()} if self._train_batches else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._train_position = state.get("train_position")
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """uint8 -> float in [0, 1] on the device (a quarter of the transfer), plus batch augmentation."""

@@ -21,21 +21,46 @@ def safe_name(name: str) -> str:
     return re.sub(r"[^0-9A-Za-z_.-]+", "_", name)
 
 
+# Equal-width bins of the expected calibration error (and of eval's reliability diagram).
+CALIBRATION_BINS = 15
+
+# Binary tasks also report the thresholded metrics at the operating threshold chosen on validation data,
+# as "<stage>/op/<name>", with the threshold itself as "<stage>/op/threshold".
+OPERATING_POINT = "op"
+
+
+def _thresholded(threshold: float) -> dict[str, tmc.BinaryStatScores]:
+    # torchmetrics calls a prediction positive when its probability is > threshold (strictly).
+    return {
+        "acc": tmc.BinaryAccuracy(threshold=threshold),
+        "sensitivity": tmc.BinaryRecall(threshold=threshold),
+        "specificity": tmc.BinarySpecificity(threshold=threshold),
+        "ppv": tmc.BinaryPrecision(threshold=threshold),
+        "npv": tmc.BinaryNegativePredictiveValue(threshold=threshold),
+        "f1": tmc.BinaryF1Score(threshold=threshold),
+    }
+
+
 def binary_collection(threshold: float = 0.5) -> MetricCollection:
     """Metrics of positive-class probabilities against 0/1 targets, at ``threshold``."""
     return MetricCollection(
         {
-            "acc": tmc.BinaryAccuracy(threshold=threshold),
-            "sensitivity": tmc.BinaryRecall(threshold=threshold),
-            "specificity": tmc.BinarySpecificity(threshold=threshold),
-            "ppv": tmc.BinaryPrecision(threshold=threshold),
-            "npv": tmc.BinaryNegativePredictiveValue(threshold=threshold),
-            "f1": tmc.BinaryF1Score(threshold=threshold),
+            **_thresholded(threshold),
             "auroc": tmc.BinaryAUROC(),
             "ap": tmc.BinaryAveragePrecision(),
-            "ece": tmc.BinaryCalibrationError(n_bins=15),
+            "ece": tmc.BinaryCalibrationError(n_bins=CALIBRATION_BINS),
         }
     )
+
+
+def operating_point_collection(stage: str, threshold: float) -> MetricCollection:
+    """The thresholded binary metrics at the operating ``threshold``, named ``<stage>/op/<name>``."""
+    return MetricCollection(_thresholded(threshold), prefix=operating_point_name(stage, ""))
+
+
+def operating_point_name(stage: str, name: str) -> str:
+    """``<stage>/op/<name>``; ``operating_point_name(stage, "threshold")`` is the threshold's own tag."""
+    return f"{stage}/{OPERATING_POINT}/{name}"
 
 
 class ClassificationMetrics(nn.Module):
@@ -68,7 +93,7 @@ class ClassificationMetrics(nn.Module):
             if not self.binary:
                 multiclass |= {
                     "auroc": tmc.MulticlassAUROC(num_classes, average="macro"),
-                    "ece": tmc.MulticlassCalibrationError(num_classes, n_bins=15),
+                    "ece": tmc.MulticlassCalibrationError(num_classes, n_bins=CALIBRATION_BINS),
                 }
         self.multiclass = MetricCollection(multiclass)
         # Accuracy of the binary collection would repeat the multiclass one: it is dropped from the output.

@@ -1,0 +1,94 @@
+"""Refuse configs that cannot work, before any data is loaded: one line naming the key and what is allowed.
+
+Every rule lives in the table below; a check that needs the built network (its smallest input) is in
+:func:`check_image_size`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from xray_cls.data.datamodule import BALANCE_MODES
+from xray_cls.errors import UserError
+from xray_cls.evaluation.threshold import METHODS as THRESHOLD_METHODS
+from xray_cls.models.finetune import STRATEGIES
+
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class Rule:
+    key: str
+    ok: Callable[[Any, DictConfig], bool]
+    allowed: str
+
+
+def _number(test: Callable[[float], bool]) -> Callable[[Any, DictConfig], bool]:
+    return lambda v, _: isinstance(v, int | float) and not isinstance(v, bool) and test(v)
+
+
+RULES = [
+    Rule("optimizer.lr", _number(lambda v: v > 0), "a number > 0"),
+    Rule("optimizer.backbone_lr_mult", _number(lambda v: v > 0), "a number > 0"),
+    Rule("data.batch_size", _number(lambda v: v >= 1 and v == int(v)), "a whole number >= 1"),
+    Rule("data.num_workers", _number(lambda v: v >= 0 and v == int(v)), "a whole number >= 0"),
+    Rule("data.val_fraction", _number(lambda v: 0 < v < 1), "a fraction in (0, 1)"),
+    Rule("data.image_size", _number(lambda v: v >= 1 and v == int(v)), "a whole number of pixels >= 1"),
+    Rule("data.num_channels", lambda v, _: v in (1, 3), "1 or 3"),
+    Rule("data.balance", lambda v, _: v in BALANCE_MODES, " | ".join(BALANCE_MODES)),
+    Rule("data.on_device", lambda v, _: v in ("auto", True, False), "auto | true | false"),
+    Rule(
+        "data.positive_class",
+        lambda v, cfg: v is None or v in list(cfg.data.class_names),
+        "null or one of data.class_names",
+    ),
+    Rule("model.finetune", lambda v, _: v in STRATEGIES, " | ".join(STRATEGIES)),
+    Rule("trainer.max_epochs", _number(lambda v: v >= 1 or v == -1), "a whole number >= 1 (or -1: no limit)"),
+    Rule("loss.label_smoothing", _number(lambda v: 0 <= v < 1), "a number in [0, 1)"),
+    Rule("eval.threshold", lambda v, _: v in THRESHOLD_METHODS, " | ".join(THRESHOLD_METHODS)),
+    Rule("eval.target_sensitivity", _number(lambda v: 0 < v <= 1), "a fraction in (0, 1]"),
+    Rule("eval.fixed_threshold", _number(lambda v: 0 <= v <= 1), "a probability in [0, 1]"),
+    Rule("on_nonfinite_loss", lambda v, _: v in ("stop", "skip"), "stop | skip"),
+    Rule("monitor.mode", lambda v, _: v in ("min", "max"), "min | max"),
+]
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise :class:`UserError` for the first value that cannot work."""
+    for rule in RULES:
+        value = OmegaConf.select(cfg, rule.key, default=_MISSING)
+        if value is not _MISSING and not rule.ok(value, cfg):
+            raise UserError(f"invalid config: {rule.key}={value!r}; allowed: {rule.allowed}")
+    _check_accelerator(str(OmegaConf.select(cfg, "trainer.accelerator", default="auto")))
+
+
+def _check_accelerator(accelerator: str) -> None:
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UserError(
+            f"invalid config: trainer.accelerator={accelerator} but this machine has no CUDA GPU; "
+            "allowed here: trainer=cpu or trainer=auto"
+        )
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise UserError(
+            "invalid config: trainer.accelerator=mps but MPS is not available; allowed: trainer=cpu"
+        )
+
+
+def check_image_size(net: nn.Module, image_size: int) -> None:
+    """Backbones declare the input sizes they accept; scratch CNNs check themselves when built."""
+    fixed = getattr(net, "fixed_image_size", None)
+    if fixed is not None and image_size != fixed:
+        raise UserError(
+            f"invalid config: data.image_size={image_size}; allowed for this model: exactly {fixed}"
+        )
+    smallest = getattr(net, "min_image_size", None)
+    if smallest is not None and image_size < smallest:
+        raise UserError(
+            f"invalid config: data.image_size={image_size}; allowed for this model: >= {smallest}"
+        )
