@@ -16,6 +16,7 @@ def _options(group: str) -> list[str]:
 
 
 GROUPS = ["data", "model", "optimizer", "scheduler", "trainer", "logger", "callbacks", "debug", "experiment"]
+GROUPS += ["hparams_search"]
 CASES = [(group, option) for group in GROUPS for option in _options(group)]
 
 

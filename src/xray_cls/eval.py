@@ -38,6 +38,7 @@ from xray_cls.evaluation.tta import tta
 from xray_cls.io import write_json_atomic, write_text_atomic
 from xray_cls.runtime import build, instantiate_all, positive_index, seed_everything, user_errors
 from xray_cls.train import scalars
+from xray_cls.validation import validate
 
 log = logging.getLogger("xray_cls.eval")
 
@@ -48,6 +49,7 @@ THRESHOLD_KEYS = {"eval.threshold", "eval.target_sensitivity", "eval.fixed_thres
 def evaluate(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     checkpoint = load_checkpoint(cfg.ckpt_path)
     cfg = restore_config(cfg, checkpoint, overrides)
+    validate(cfg)
     output_dir = Path(cfg.paths.output_dir)
     write_text_atomic(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     seed_everything(cfg)

@@ -32,6 +32,7 @@ from xray_cls.evaluation.threshold import predicted_labels
 from xray_cls.evaluation.tta import tta
 from xray_cls.io import write_text_atomic
 from xray_cls.runtime import positive_index, user_errors
+from xray_cls.validation import validate
 
 log = logging.getLogger("xray_cls.predict")
 
@@ -60,6 +61,7 @@ def predict(cfg: DictConfig, overrides: list[str]) -> Path:
     """Classify ``cfg.input``; returns the path of the predictions CSV."""
     checkpoint = load_checkpoint(cfg.ckpt_path)
     cfg = restore_config(cfg, checkpoint, overrides)
+    validate(cfg)
     with open_dict(cfg):
         # The class list as resolved in training: an image-folder data set need not exist where we predict.
         cfg.data.class_names = list(checkpoint["xray_cls"]["class_names"])

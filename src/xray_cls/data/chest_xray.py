@@ -48,8 +48,12 @@ class ChestXraySource:
 
     def prepare(self, root: Path) -> None:
         dest = Path(root) / self.folder
-        if find_split_root(dest, self.splits) is not None:
-            return
+        if find_split_root(dest, self.splits) is None:
+            self._download(dest)
+        # Decode into the cache here, once per node: under DDP only local rank 0 runs prepare_data.
+        self.load(root)
+
+    def _download(self, dest: Path) -> None:
         if not self.download:
             raise UserError(
                 f"The chest X-ray data set is not in {dest} and data.source.download=false. "

@@ -95,7 +95,8 @@ class ClassificationMetrics(nn.Module):
                     "auroc": tmc.MulticlassAUROC(num_classes, average="macro"),
                     "ece": tmc.MulticlassCalibrationError(num_classes, n_bins=CALIBRATION_BINS),
                 }
-        self.multiclass = MetricCollection(multiclass)
+        # No compute groups: ClasswiseWrapper's inner recall would share state it never updates.
+        self.multiclass = MetricCollection(multiclass, compute_groups=False)
         # Accuracy of the binary collection would repeat the multiclass one: it is dropped from the output.
         self.clinical = binary_collection(threshold) if self.binary and full else None
 
