@@ -6,11 +6,14 @@ import json
 import os
 import resource
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+import lightning as L
+
+from xray_cls.io import write_json_atomic  # noqa: F401  (re-exported for the benchmarks)
 
 
 def timed(fn: Callable[[], Any], repeat: int) -> list[float]:
@@ -48,17 +51,40 @@ def print_table(rows: Sequence[dict[str, Any]]) -> None:
         print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON so that readers see the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; results are meant to be read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def machine_info() -> dict[str, Any]:
+    """What the figures were measured on (they are meaningful only as ratios taken in one run)."""
+    import platform
+
+    import torch
+    import torchvision
+
+    lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    cpu = next((line.split(":", 1)[1].strip() for line in lines if "model name" in line), "?")
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+
+
+class EpochTimer(L.Callback):
+    """Wall time of each training epoch (kept in ``EpochTimer.seconds``), and when the first batch starts."""
+
+    seconds: list[float] = []
+
+    def __init__(self, print_first_batch: bool = False) -> None:
+        self.print_first_batch = print_first_batch
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.print_first_batch and trainer.global_step == 0 and batch_idx == 0:
+            print(json.dumps({"first_batch_at": time.time()}), flush=True)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.seconds.append(time.perf_counter() - self._start)

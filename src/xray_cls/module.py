@@ -68,13 +68,18 @@ class ClassificationModule(L.LightningModule):
             }
         )
         self.losses = nn.ModuleDict({f"{s}_loss": MeanMetric() for s in STAGES})
-        # Training accumulators go into checkpoints, so a run resumed mid-epoch ends with the same numbers.
-        for metric in [*self.metrics["train_metrics"].modules(), self.losses["train_loss"]]:
-            if isinstance(metric, Metric):
-                metric.persistent(True)
         best = MaxMetric if monitor_mode == "max" else _MinMetric
         self.best = nn.ModuleDict({"acc": MaxMetric(), "monitor": best()})
-        # Operating threshold of binary tasks, chosen on validation data by eval; 0.5 until then.
+        # Training accumulators and best values go into checkpoints, so a run resumed mid-epoch ends with the
+        # same numbers as an unbroken one.
+        resumable = [*self.metrics["train_metrics"].modules(), self.losses["train_loss"], *self.best.values()]
+        for metric in resumable:
+            if isinstance(metric, Metric):
+                metric.persistent(True)
+        binary = len(self.class_names) == 2
+        self.positive_index = self.metrics["test_metrics"].positive_index if binary else None
+        # Operating threshold of binary tasks, chosen on validation data at every validation epoch by the
+        # OperatingPoint callback (saved with the checkpoint); 0.5 until then.
         self.register_buffer("threshold", torch.tensor(0.5))
 
     def setup(self, stage: str) -> None:

@@ -21,12 +21,6 @@ from xray_cls.evaluation.threshold import check_method, describe, predicted_labe
 CHECKPOINT_KEY = "operating_point"
 
 
-def positive_index(pl_module: L.LightningModule) -> int | None:
-    """The positive class of a binary task, ``None`` for multiclass ones."""
-    metrics = pl_module.metrics["test_metrics"]
-    return metrics.positive_index if metrics.binary else None
-
-
 class Outputs(Metric):
     """Every ``(probabilities, targets)`` pair seen, concatenated across batches and ranks."""
 
@@ -67,7 +61,7 @@ class OperatingPoint(L.Callback):
         self.chosen: dict[str, Any] | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self.positive = positive_index(pl_module)
+        self.positive = pl_module.positive_index
 
     def _probs_targets(self, outputs: Any, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         probs = outputs["logits"].float().softmax(-1)[:, self.positive]
@@ -168,7 +162,7 @@ class TestOutputs(L.Callback):
         self._samples = {c: [] for c in range(len(pl_module.class_names))}
         self._mistakes = None
         self._threshold = float(pl_module.threshold)
-        self._positive = positive_index(pl_module)
+        self._positive = pl_module.positive_index
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         images, targets = batch
