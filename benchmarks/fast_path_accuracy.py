@@ -72,8 +72,7 @@ def main() -> None:
                 row[key] = statistics.mean(values)
                 row[key + " range"] = f"{min(values):.4f}-{max(values):.4f}"
             rows.append(row)
-            print_table([row])
-    print_table(rows)
+        print_table([r for r in rows if r["data"] == data])
     write_json_atomic(
         args.out, {"seeds": args.seeds, "model": "simple_cnn", "rows": rows, "machine": machine_info()}
     )

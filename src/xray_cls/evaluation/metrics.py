@@ -79,7 +79,9 @@ class ClassificationMetrics(nn.Module):
         self.positive_index = (
             (num_classes - 1 if positive_index is None else positive_index) if self.binary else 0
         )
-        multiclass = {"acc": tmc.MulticlassAccuracy(num_classes, average="micro")}
+        # The training stage updates every step: skip torchmetrics' per-call input checks there (labels are
+        # checked once when the data set is loaded); validation and test keep them.
+        multiclass = {"acc": tmc.MulticlassAccuracy(num_classes, average="micro", validate_args=full)}
         if full:
             labels = [safe_name(n) for n in class_names]
             multiclass |= {
