@@ -171,3 +171,8 @@ def test_no_secret_reaches_any_run_artefact(
         content = path.read_bytes()
         for value in [*secrets.values(), "someone"]:
             assert value.encode() not in content, f"{value} leaked into {path}"
+
+
+def test_endless_training_with_a_schedule_that_needs_its_length_is_refused(make_cfg) -> None:
+    with pytest.raises(UserError, match=r"trainer\.max_epochs=-1"):
+        train(make_cfg("scheduler=cosine", "trainer.max_epochs=-1"))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from tests.xray_fixtures import write_image_folder, write_kaggle_tree, write_pneumoniamnist_npz
+from xray_cls.checkpoints import load_checkpoint, module_from_checkpoint, restore_config
 from xray_cls.runtime import build
 from xray_cls.train import train
 
@@ -47,7 +48,12 @@ def test_image_folder_trains_with_balancing(make_cfg, tmp_path: Path, balance: s
     write_image_folder(folder, {"cats": 30, "dogs": 10}, mode="RGB")
     cfg = make_cfg("data=image_folder", f"data.source.path={folder}", f"data.balance={balance}", *SMALL)
     assert list(cfg.data.class_names) == ["cats", "dogs"]
-    _check_run(cfg, train(cfg))
+    metrics = train(cfg)
+    _check_run(cfg, metrics)
+    # The class weights of the loss belong to the training data, not to the checkpoint: eval can load it.
+    checkpoint = load_checkpoint(metrics["best_checkpoint"])
+    module = module_from_checkpoint(restore_config(cfg, checkpoint, []), checkpoint)
+    assert module.criterion.weight is None
 
 
 @pytest.mark.slow

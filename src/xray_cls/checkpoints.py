@@ -26,7 +26,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"checkpoint {path} does not exist: give the path of a .ckpt file (or resume=<a run directory>)"
         )
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:
         raise UserError(
             f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); is it truncated?"

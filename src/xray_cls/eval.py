@@ -36,7 +36,7 @@ from xray_cls.evaluation.report import (
 )
 from xray_cls.evaluation.tta import tta
 from xray_cls.io import write_json_atomic, write_text_atomic
-from xray_cls.runtime import build, instantiate_all, positive_index, seed_everything, user_errors
+from xray_cls.runtime import build, instantiate_all, seed_everything, user_errors
 from xray_cls.train import scalars
 from xray_cls.validation import validate
 
@@ -55,7 +55,7 @@ def evaluate(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     seed_everything(cfg)
     datamodule: L.LightningDataModule = build(cfg.data)
     module = module_from_checkpoint(cfg, checkpoint)
-    positive = positive_index(cfg)
+    positive = module.positive_index
     loggers = instantiate_all(cfg.get("logger"))
     figures_cfg = cfg.eval.figures
     collector = TestOutputs(figures_cfg.samples_per_class, figures_cfg.misclassified)

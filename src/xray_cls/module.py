@@ -86,7 +86,8 @@ class ClassificationModule(L.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         weights = getattr(datamodule, "class_weights", None)
         if weights is not None:
-            self.criterion.weight = weights.to(self.device)
+            # Not saved: a checkpoint must load into a module built without the training data (eval, predict).
+            self.criterion.register_buffer("weight", weights.to(self.device), persistent=False)
             log.info("class weights in the loss: %s", weights.tolist())
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -131,6 +132,8 @@ class ClassificationModule(L.LightningModule):
             return
         checkpoint = self.trainer.checkpoint_callback
         last_good = (checkpoint.last_model_path or checkpoint.best_model_path) if checkpoint else ""
+        for callback in self.trainer.checkpoint_callbacks:  # keep the last good checkpoint as it is
+            callback.save_on_exception = False
         raise NonFiniteLossError(
             f"training stopped: the loss became {loss.item()} at {where}. The last good checkpoint is "
             f"{last_good or 'none (no epoch finished yet)'}. Lower optimizer.lr, set "
@@ -181,10 +184,19 @@ class ClassificationModule(L.LightningModule):
             return optimizer
         interval = self.scheduler_cfg.get("interval", "epoch")
         total = self.trainer.estimated_stepping_batches if interval == "step" else self.trainer.max_epochs
+        if not 0 < total < float("inf"):
+            raise UserError(
+                f"invalid config: trainer.max_epochs={self.trainer.max_epochs}, but this schedule needs the "
+                "length of training; allowed: max_epochs >= 1, or trainer.max_steps, or scheduler=none"
+            )
         scheduler = self.scheduler_cfg["factory"](optimizer, total_steps=int(total))
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": interval, "monitor": self.monitor},
+            "lr_scheduler": {
+                "scheduler": scheduler,
+                "interval": interval,
+                "monitor": self.scheduler_cfg.get("monitor", self.monitor),
+            },
         }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

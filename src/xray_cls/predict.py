@@ -31,7 +31,7 @@ from xray_cls.evaluation.gradcam import gradcam, overlay
 from xray_cls.evaluation.threshold import predicted_labels
 from xray_cls.evaluation.tta import tta
 from xray_cls.io import write_text_atomic
-from xray_cls.runtime import positive_index, user_errors
+from xray_cls.runtime import user_errors
 from xray_cls.validation import validate
 
 log = logging.getLogger("xray_cls.predict")
@@ -61,17 +61,17 @@ def predict(cfg: DictConfig, overrides: list[str]) -> Path:
     """Classify ``cfg.input``; returns the path of the predictions CSV."""
     checkpoint = load_checkpoint(cfg.ckpt_path)
     cfg = restore_config(cfg, checkpoint, overrides)
-    validate(cfg)
     with open_dict(cfg):
         # The class list as resolved in training: an image-folder data set need not exist where we predict.
         cfg.data.class_names = list(checkpoint["xray_cls"]["class_names"])
+    validate(cfg)
     output_dir = Path(cfg.paths.output_dir)
     write_text_atomic(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     files, base = _inputs(Path(cfg.input))
     device = _device(cfg.predict.device)
     module = module_from_checkpoint(cfg, checkpoint).to(device).eval()
     class_names = list(module.class_names)
-    positive = positive_index(cfg)
+    positive = module.positive_index
     threshold = float(module.threshold)
     loader = DataLoader(
         ImageFiles(files, cfg.data.image_size, cfg.data.num_channels),

@@ -63,6 +63,7 @@ class ImageFolderSource:
 
     def prepare(self, root: Path) -> None:
         _existing(self.path)  # nothing to download: only say early when the folder is missing
+        self.load(root)  # decode into the cache once per node (under DDP only local rank 0 prepares)
 
     def load(self, root: Path) -> dict[str, SplitArrays]:
         folder = _existing(self.path)

@@ -29,7 +29,7 @@ class PneumoniaMNISTSource:
 
     def __init__(self, size: int = 28, download: bool = True) -> None:
         if size not in _MD5:
-            raise UserError(f"PneumoniaMNIST comes in sizes {sorted(_MD5)}, not data.source.size={size}")
+            raise UserError(f"PneumoniaMNIST comes in sizes {sorted(_MD5)}, not data.image_size={size}")
         self.size = size
         self.download = download
         self.filename = "pneumoniamnist.npz" if size == 28 else f"pneumoniamnist_{size}.npz"
