@@ -109,15 +109,14 @@ class ClassificationModule(L.LightningModule):
         # Callbacks (figures, evaluation) read the logits from the step's output.
         return {"loss": loss, "logits": logits.detach()}
 
-    def training_step(
-        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
-    ) -> dict[str, Any] | None:
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         if batch_idx == 0 and self.current_epoch == 0:
             self._log_image_grid(batch[0])
         output = self._step(batch, "train")
-        if output is not None:
-            self.log("train/loss_step", output["loss"], prog_bar=True, on_step=True, on_epoch=False)
-        return output
+        if output is None:
+            return None
+        self.log("train/loss_step", output["loss"], prog_bar=True, on_step=True, on_epoch=False)
+        return output["loss"]  # the loss alone: Lightning then has no dict of outputs to walk every step
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, Any]:
         return self._step(batch, "val")
