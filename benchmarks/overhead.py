@@ -1,6 +1,6 @@
 """Framework overhead: one training epoch through xray_cls (Lightning + Hydra, progress bar and TensorBoard
 on) against a plain PyTorch loop with the same model, data, batch size and optimizer, alternated in one
-process; plus the start-up time of ``python -m xray_cls.train`` until its first batch.
+process. (Start-up, launch to first batch, is benchmarks/startup.py.)
 
     python -m benchmarks.overhead [--repeat 3] [--resnet-batches 40] [--out benchmarks/results/overhead.json]
 """
@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,7 +33,7 @@ TIMER = "benchmarks.common.EpochTimer"
 
 def _cfg(data_dir: Path, out: Path, model: str, on_device: bool, batches: int | None, image_size: int):
     overrides = [
-        f"paths.data_dir={data_dir}", f"paths.output_dir={out}", f"model={model}",
+        "data=mnist", f"paths.data_dir={data_dir}", f"paths.output_dir={out}", f"model={model}",
         f"data.on_device={on_device}", f"data.image_size={image_size}", "trainer=cpu", "trainer.max_epochs=1",
         "trainer.limit_val_batches=1", "trainer.num_sanity_val_steps=0", "test=false",
         f"trainer.limit_train_batches={batches or 'null'}", "+callbacks.timer._target_=" + TIMER,
@@ -87,26 +84,6 @@ def plain_epoch(cfg, loader_kind: str, batches: int | None) -> float:
     return time.perf_counter() - start
 
 
-def startup(data_dir: Path, out: Path, repeat: int) -> dict[str, float]:
-    """Seconds from launching ``python -m xray_cls.train`` to its first training batch, and to import it."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    first_batch, imports = [], []
-    for _ in range(repeat):
-        start = time.time()
-        proc = subprocess.run(
-            [sys.executable, "-m", "xray_cls.train", f"paths.data_dir={data_dir}", f"paths.log_dir={out}",
-             "trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
-             "test=false", "+callbacks.timer._target_=" + TIMER, "+callbacks.timer.print_first_batch=true"],
-            cwd=REPO, env=env, capture_output=True, text=True, check=True,
-        )  # fmt: skip
-        line = next(line for line in proc.stdout.splitlines() if '{"first_batch_at"' in line)
-        first_batch.append(json.loads(line[line.index("{") :])["first_batch_at"] - start)
-        start = time.time()
-        subprocess.run([sys.executable, "-c", "import xray_cls.train"], env=env, check=True)
-        imports.append(time.time() - start)
-    return {"to_first_batch_s": median(first_batch), "import_s": median(imports)}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
@@ -147,7 +124,6 @@ def main() -> None:
         "overhead": rows,
         "classic_torchvision_loop_s": classic,
         "framework_default_vs_classic_speedup": classic / default["framework_s"],
-        "startup": startup(data_dir, work / "startup", args.repeat),
         "repeat": args.repeat,
         "machine": machine_info(),
     }

@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHMARKS = ["overhead", "data_pipeline", "image_cache", "end_to_end", "fast_path_accuracy"]
+BENCHMARKS = ["overhead", "startup", "data_pipeline", "image_cache", "end_to_end", "fast_path_accuracy"]
 
 
 def main() -> None:

@@ -43,6 +43,9 @@ def cifar_checksums(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(CIFAR10, "meta", {**CIFAR10.meta, "md5": md5["batches.meta"]})
 
 
+# The suite's small set-up: the tiny MNIST files written above and the smallest CNN; put first, so that a
+# test's own overrides (and sweeps) win. The default run (the embedded X-rays) has tests of its own.
+SMALL = ["data=mnist", "model=simple_cnn", "optimizer=adam", "scheduler=none"]
 QUICK = [
     "trainer=cpu",
     "trainer.max_epochs=1",
@@ -53,6 +56,7 @@ QUICK = [
     "data.num_workers=0",
     "data.batch_size=32",
     "callbacks.progress_bar.refresh_rate=0",
+    "report=false",  # the end-of-training report has tests of its own (test_first_run.py)
 ]
 
 
@@ -60,15 +64,17 @@ QUICK = [
 def make_cfg(data_dir: Path, tmp_path: Path) -> Iterator:
     """Compose the train config as the command line would, with data and outputs in temporary dirs."""
 
-    def _make(*overrides: str, config_name: str = "train") -> DictConfig:
+    def _make(*overrides: str, config_name: str = "train", small: bool = True) -> DictConfig:
+        """``small=False``: the package's own default data and model instead of the suite's SMALL ones."""
         GlobalHydra.instance().clear()
+        quick = [*SMALL, *QUICK] if small else QUICK
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
             return compose(
                 config_name=config_name,
                 overrides=[
                     f"paths.data_dir={data_dir}",
                     f"paths.output_dir={tmp_path / 'run'}",
-                    *QUICK,
+                    *quick,
                     *overrides,
                 ],
             )

@@ -11,6 +11,7 @@ import pytest
 
 from tests.xray_fixtures import fake_kaggle_download, make_zip, write_kaggle_tree
 from xray_cls.data.chest_xray import ChestXraySource
+from xray_cls.data.folders import patient_id
 from xray_cls.data.splits import grouped_stratified_split
 from xray_cls.errors import UserError
 
@@ -46,7 +47,7 @@ def test_groups_are_patients_and_never_split(tmp_path: Path) -> None:
     pneumonia = set(train.groups[train.labels == 1])
     assert pneumonia == tree.patients["train"]  # person900 only had the corrupt file
     normal = train.groups[train.labels == 0]
-    assert len(set(normal)) == len(normal), "NORMAL files carry no patient id: each is its own group"
+    assert len(set(normal)) == len(normal) and all(g.startswith("im-") for g in normal)  # one study each
     for seed in range(5):
         tr, va = grouped_stratified_split(train.labels, train.groups, 0.3, seed)
         assert not set(train.groups[tr]) & set(train.groups[va]), "a patient is in train and val"
@@ -107,3 +108,16 @@ def test_missing_or_empty_class_folder_is_named(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="holds no images") as err:
         ChestXraySource(image_size=SIZE, workers=1).load(tmp_path)
     assert str(tree.tree / "test" / "NORMAL") in str(err.value)
+
+
+def test_normal_files_of_one_study_are_one_patient(tmp_path: Path) -> None:
+    """Kaggle's NORMAL files of one study (IM-0629-0001, IM-0629-0001-0001, ...) are X-rays of one child."""
+    names = {
+        "IM-0629-0001.jpeg": "im-0629",
+        "IM-0629-0001-0002.jpeg": "im-0629",
+        "NORMAL2-IM-0629-0001.jpeg": "normal2-im-0629",
+        "person12_bacteria_3.jpeg": "person12",
+        "scan_7.png": "NORMAL/scan_7.png",
+    }
+    for name, patient in names.items():
+        assert patient_id(tmp_path / "NORMAL" / name, tmp_path) == patient

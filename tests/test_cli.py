@@ -86,4 +86,6 @@ def test_user_error_is_one_line_and_exit_status_2(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "does not exist" in proc.stderr
+    # once: not also through the console handler of Hydra's logging
+    assert (proc.stdout + proc.stderr).count("does not exist") == 1
     assert "Traceback" not in proc.stderr

@@ -16,7 +16,7 @@ def _options(group: str) -> list[str]:
 
 
 GROUPS = ["data", "model", "optimizer", "scheduler", "trainer", "logger", "callbacks", "debug", "experiment"]
-GROUPS += ["hparams_search"]
+GROUPS += ["hparams_search", "cv"]
 CASES = [(group, option) for group in GROUPS for option in _options(group)]
 
 

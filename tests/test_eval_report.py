@@ -49,6 +49,10 @@ def test_eval_writes_metrics_report_and_figures(make_cfg, run: BinaryRun, tmp_pa
         assert 0 <= written[f"test/op/{name}"] <= 1 and 0 <= written[f"test/{name}"] <= 1
     assert written["test/op/threshold"] == pytest.approx(written["threshold"])
     assert {"test/auroc", "test/ap", "test/ece", "test/loss"} <= set(written)
+    # Bootstrap intervals beside the values (tests/test_bootstrap.py), seeded by the checkpoint's seed.
+    for key in ("test/auroc", "test/ap"):
+        assert written[f"{key}_ci_low"] <= written[key] <= written[f"{key}_ci_high"]
+    assert written["bootstrap"]["units"] == 24 and written["bootstrap"]["seed"] == 42
 
     figures = {p.stem for p in (out / "figures").glob("*.png")}
     assert figures == set(CAPTIONS)
@@ -57,6 +61,9 @@ def test_eval_writes_metrics_report_and_figures(make_cfg, run: BinaryRun, tmp_pa
     assert sorted(links) == sorted(f"figures/{name}.png" for name in CAPTIONS)
     assert f"{written['threshold']:.4f}" in report and "Youden" in report
     assert str(run.best.resolve()) in report and "| Sensitivity (recall) |" in report
+    auroc = f"{written['test/auroc_ci_low']:.3f}-{written['test/auroc_ci_high']:.3f}"
+    assert f"| AUROC | {written['test/auroc']:.4f} | {auroc} |" in report
+    assert "## Known limitations" in report and "24 test images" in report
 
     events = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0}).Reload()
     assert {f"eval/{name}" for name in CAPTIONS} <= set(events.Tags()["images"])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import QUICK
+from tests.conftest import QUICK, SMALL
 from tests.xray_fixtures import fake_kaggle_download, make_zip, write_kaggle_tree
 from xray_cls.errors import UserError
 from xray_cls.train import train
@@ -42,7 +42,7 @@ def _metrics(run_dir: Path) -> dict:
 
 @pytest.mark.slow
 def test_sigterm_mid_epoch_then_resume_ends_like_an_unbroken_run(data_dir: Path, tmp_path: Path) -> None:
-    common = [f"paths.data_dir={data_dir}", *QUICK, *LONG]
+    common = [f"paths.data_dir={data_dir}", *SMALL, *QUICK, *LONG]
     unbroken = _train(*common, f"paths.log_dir={tmp_path / 'unbroken'}", cwd=tmp_path)
     assert unbroken.returncode == 0, unbroken.stderr[-2000:]
     (reference,) = (tmp_path / "unbroken" / "train" / "runs").iterdir()
@@ -69,7 +69,7 @@ def test_sigterm_mid_epoch_then_resume_ends_like_an_unbroken_run(data_dir: Path,
 def test_nan_loss_stops_with_epoch_step_and_last_good_checkpoint(data_dir: Path, tmp_path: Path) -> None:
     fault = ["+callbacks.fault._target_=tests.faults.NaNLossAtStep", "+callbacks.fault.step=12"]
     proc = _train(
-        f"paths.data_dir={data_dir}", f"paths.log_dir={tmp_path}", *QUICK, *LONG, *fault, cwd=tmp_path
+        f"paths.data_dir={data_dir}", f"paths.log_dir={tmp_path}", *SMALL, *QUICK, *LONG, *fault, cwd=tmp_path
     )
     assert proc.returncode == 2
     message = proc.stderr

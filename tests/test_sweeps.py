@@ -13,7 +13,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from tests.conftest import QUICK
+from tests.conftest import QUICK, SMALL
 from tests.test_cli import run
 from xray_cls.errors import RunInterrupted, UserError
 from xray_cls.sweep import Job, rank, run_trial
@@ -85,7 +85,7 @@ def test_grid_sweep_writes_a_leaderboard_sorted_by_the_objective(data_dir: Path,
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     proc = run(
-        "xray_cls.train", "-m", "model=simple_cnn,lenet", "optimizer.lr=0.001,0.003",
+        "xray_cls.train", "-m", *SMALL, "model=simple_cnn,lenet", "optimizer.lr=0.001,0.003",
         *_common(data_dir, tmp_path), cwd=tmp_path,
     )  # fmt: skip
     sweep = _sweep_dir(tmp_path)
@@ -110,7 +110,7 @@ def test_failed_job_is_recorded_and_the_sweep_goes_on_with_non_zero_status(
     data_dir: Path, tmp_path: Path
 ) -> None:
     proc = run(
-        "xray_cls.train", "-m", "model=lenet", "data.image_size=4,28",  # lenet cannot shrink 4x4 images
+        "xray_cls.train", "-m", *SMALL, "model=lenet", "data.image_size=4,28",  # lenet: 4x4 is too small
         *_common(data_dir, tmp_path), cwd=tmp_path, check=False,
     )  # fmt: skip
     assert proc.returncode == 1, proc.stderr[-2000:]
@@ -130,7 +130,7 @@ def test_optuna_sweep_tells_failed_trials_and_reports_the_best(data_dir: Path, t
     # The preset's sampler, direction and storage with a search space of our own: sampler seed 4 draws image
     # sizes 28, 4, 28 for the three trials, and lenet cannot run the second.
     proc = run(
-        "xray_cls.train", "hparams_search=mnist_optuna", "hydra.sweeper.n_trials=3",
+        "xray_cls.train", *SMALL, "hparams_search=mnist_optuna", "hydra.sweeper.n_trials=3",
         "hydra.sweeper.sampler.seed=4", "hydra.sweeper.params=null", "model=lenet",
         "optimizer.lr=tag(log,interval(1e-4,1e-2))", "data.image_size=choice(4,28)",
         *_common(data_dir, tmp_path), cwd=tmp_path, check=False,

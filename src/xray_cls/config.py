@@ -28,6 +28,11 @@ def project_root() -> Path:
     return Path.cwd()
 
 
+def packaged_dataset(filename: str) -> str:
+    """A data set shipped inside the package (``xray_cls/datasets/``), so the default run needs no network."""
+    return str(_PACKAGE_DIR / "datasets" / filename)
+
+
 def _class_folders(path: str) -> list[str]:
     from xray_cls.data.image_folder import class_folders
 
@@ -42,6 +47,7 @@ def register_resolvers() -> None:
         "if_binary": lambda class_names, binary, multiclass: binary if len(class_names) == 2 else multiclass,
         "project_root": lambda: str(project_root()),
         "class_folders": _class_folders,
+        "packaged": packaged_dataset,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):

@@ -8,35 +8,35 @@ Binary tasks apply the threshold stored in the checkpoint; passing ``eval.thresh
 
 from __future__ import annotations
 
+if __name__ == "__main__":
+    # The command starts in the light xray_cls.cli (see xray_cls.train): Hydra's own errors and --help answer
+    # before torch and Lightning below are imported.
+    import sys
+
+    from xray_cls.cli import eval_main
+
+    eval_main()
+    sys.exit()  # done: what follows is the pipeline, which xray_cls.cli imported as xray_cls.eval
+
 import contextlib
 import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning as L
-import torch
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from xray_cls.checkpoints import load_checkpoint, module_from_checkpoint, restore_config
-from xray_cls.config import config_dir
 from xray_cls.errors import UserError
+from xray_cls.evaluation.bootstrap import confidence_intervals
 from xray_cls.evaluation.callbacks import CHECKPOINT_KEY, OperatingPoint, TestOutputs
-from xray_cls.evaluation.report import (
-    Summary,
-    describe_data,
-    describe_model,
-    draw_figures,
-    write_figures,
-    write_report,
-)
+from xray_cls.evaluation.report import stored_threshold_how, summarize, write_run_report
 from xray_cls.evaluation.tta import tta
 from xray_cls.io import write_json_atomic, write_text_atomic
-from xray_cls.runtime import build, instantiate_all, seed_everything, user_errors
+from xray_cls.runtime import build, instantiate_all, seed_everything
 from xray_cls.train import scalars
 from xray_cls.validation import validate
 
@@ -62,7 +62,7 @@ def evaluate(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     callbacks = [cb for cb in instantiate_all(cfg.get("callbacks")) if not _is_training_only(cb)]
     trainer: L.Trainer = build(cfg.trainer, callbacks=[*callbacks, collector], logger=loggers or False)
 
-    how = _stored_threshold_how(checkpoint)
+    how = stored_threshold_how(checkpoint.get(CHECKPOINT_KEY), "Stored in the checkpoint, applied here.")
     augment = cfg.eval.tta
     # Grad-CAM (below) explains the plain model: augmentation ends with the test.
     with tta(module, cfg.data.augment.hflip, cfg.data.image_size) if augment else contextlib.nullcontext():
@@ -73,50 +73,21 @@ def evaluate(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     collected = collector.collected
     if collected is None:
         raise UserError("the test split is empty (or trainer.limit_test_batches=0): nothing to evaluate")
-    summary = _summary(cfg, module, collected.targets, positive, how)
+    tta_how = _describe_tta(cfg) if cfg.eval.tta else "off"
+    summary = summarize(cfg, module, collected.targets, cfg.ckpt_path, how, tta_how, datamodule)
     metrics = {
         "status": "ok",
         **dataclasses.asdict(summary),
         **{k: v for k, v in scalars(trainer.callback_metrics).items() if k.startswith("test/")},
     }
     if trainer.is_global_zero:
-        threshold = float(module.threshold)
-        figures = draw_figures(
-            collected, module, module.class_names, threshold, positive, figures_cfg.gradcam_per_class
+        metrics |= confidence_intervals(cfg, module, collected, metrics)
+        report = write_run_report(
+            output_dir, summary, metrics, collected, module, figures_cfg.gradcam_per_class, trainer.loggers
         )
-        paths = write_figures(figures, output_dir / "figures", trainer.loggers)
-        write_report(output_dir / "report.md", summary, metrics, paths)
         write_json_atomic(output_dir / "metrics.json", metrics)
-        log.info("report: %s", output_dir / "report.md")
+        log.info("report: %s", report)
     return metrics
-
-
-def _summary(
-    cfg: DictConfig, module: L.LightningModule, targets: torch.Tensor, positive: int | None, how: str
-) -> Summary:
-    names = list(module.class_names)
-    binary = positive is not None
-    return Summary(
-        data=describe_data(cfg),
-        model=describe_model(cfg),
-        checkpoint=str(Path(cfg.ckpt_path).resolve()),
-        test_samples=len(targets),
-        class_counts={name: int((targets == c).sum()) for c, name in enumerate(names)},
-        threshold=float(module.threshold) if binary else None,
-        positive_class=names[positive] if binary else None,
-        threshold_how=how if binary else None,
-        tta=_describe_tta(cfg) if cfg.eval.tta else "off",
-    )
-
-
-def _stored_threshold_how(checkpoint: dict[str, Any]) -> str:
-    chosen = checkpoint.get(CHECKPOINT_KEY)
-    if chosen is None:
-        return "Not chosen on validation data: the checkpoint records no operating point (0.5 by default)."
-    return (
-        f"Chosen on the validation split ({chosen['validation_samples']} images) at epoch {chosen['epoch']} "
-        f"of training: {chosen['description']}. Stored in the checkpoint and applied unchanged here."
-    )
 
 
 def _threshold_requested(overrides: list[str]) -> bool:
@@ -152,13 +123,3 @@ def _describe_tta(cfg: DictConfig) -> str:
 
 def _is_training_only(callback: L.Callback) -> bool:
     return isinstance(callback, EarlyStopping | LearningRateMonitor | ModelCheckpoint)
-
-
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="eval")
-def main(cfg: DictConfig) -> None:
-    with user_errors():
-        evaluate(cfg, list(HydraConfig.get().overrides.task))
-
-
-if __name__ == "__main__":
-    main()

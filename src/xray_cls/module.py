@@ -151,9 +151,14 @@ class ClassificationModule(L.LightningModule):
         self.log_dict(self._epoch_values("train"))
 
     def on_validation_epoch_end(self) -> None:
-        values = self._epoch_values("val")
         if self.trainer.sanity_checking:
+            # The sanity check only shows that validation runs. Its few batches may hold one class, and
+            # metrics computed on them would warn (torchmetrics: "No positive samples ...") about numbers
+            # nobody sees.
+            self.metrics["val_metrics"].reset()
+            self.losses["val_loss"].reset()
             return
+        values = self._epoch_values("val")
         self.best["acc"].update(values["val/acc"])
         values["val/acc_best"] = self.best["acc"].compute()
         if self.monitor in values and self.monitor != "val/acc":

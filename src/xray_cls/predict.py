@@ -7,15 +7,23 @@ files are still classified). ``predict.gradcam=true`` adds ``gradcam/<file>.png`
 
 from __future__ import annotations
 
+if __name__ == "__main__":
+    # The command starts in the light xray_cls.cli (see xray_cls.train): Hydra's own errors and --help answer
+    # before torch and Lightning below are imported.
+    import sys
+
+    from xray_cls.cli import predict_main
+
+    predict_main()
+    sys.exit()  # done: what follows is the pipeline, which xray_cls.cli imported as xray_cls.predict
+
 import contextlib
 import csv
 import io
 import logging
 from pathlib import Path
 
-import hydra
 import torch
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
@@ -23,7 +31,6 @@ from torchvision.utils import save_image
 from tqdm import tqdm
 
 from xray_cls.checkpoints import load_checkpoint, module_from_checkpoint, restore_config
-from xray_cls.config import config_dir
 from xray_cls.data.folders import list_images
 from xray_cls.data.image_cache import decode_image
 from xray_cls.errors import UserError
@@ -31,7 +38,6 @@ from xray_cls.evaluation.gradcam import gradcam, overlay
 from xray_cls.evaluation.threshold import predicted_labels
 from xray_cls.evaluation.tta import tta
 from xray_cls.io import write_text_atomic
-from xray_cls.runtime import user_errors
 from xray_cls.validation import validate
 
 log = logging.getLogger("xray_cls.predict")
@@ -170,13 +176,3 @@ def _csv(rows: list[dict[str, str]], class_names: list[str], with_gradcam: bool)
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
-
-
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="predict")
-def main(cfg: DictConfig) -> None:
-    with user_errors():
-        predict(cfg, list(HydraConfig.get().overrides.task))
-
-
-if __name__ == "__main__":
-    main()

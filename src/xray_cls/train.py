@@ -2,22 +2,32 @@
 
 from __future__ import annotations
 
+if __name__ == "__main__":
+    # The command starts in the light xray_cls.cli: it checks the config and only then imports this module
+    # (as xray_cls.train) with torch and Lightning below, so --help and a refused config answer at once.
+    import sys
+
+    from xray_cls.cli import train_main
+
+    train_main()
+    sys.exit()  # done: what follows is the pipeline, which xray_cls.cli imported as xray_cls.train
+
 import logging
 import signal
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from xray_cls.checkpoints import load_checkpoint, restore_config
-from xray_cls.config import config_dir
-from xray_cls.distributed import file_logs_from_rank_zero
 from xray_cls.errors import RunInterrupted
+from xray_cls.evaluation.bootstrap import confidence_intervals
+from xray_cls.evaluation.callbacks import Collected, OperatingPoint, TestOutputs
+from xray_cls.evaluation.report import stored_threshold_how, summarize, write_run_report
+from xray_cls.hparams import log_hparams
 from xray_cls.io import write_json_atomic, write_text_atomic
 from xray_cls.models.finetune import finetune_callback
 from xray_cls.runtime import (
@@ -25,11 +35,8 @@ from xray_cls.runtime import (
     build_module,
     command_line_overrides,
     instantiate_all,
-    is_multirun,
     seed_everything,
-    user_errors,
 )
-from xray_cls.sweep import objective, run_trial
 from xray_cls.validation import validate
 
 log = logging.getLogger("xray_cls.train")
@@ -51,6 +58,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     if finetune is not None:
         callbacks.append(finetune)
+    figures = cfg.eval.figures
+    collector = TestOutputs(figures.samples_per_class, figures.misclassified) if cfg.report else None
+    if collector is not None:
+        callbacks.append(collector)
     loggers = instantiate_all(cfg.get("logger"))
     trainer: L.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
@@ -65,9 +76,56 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metrics["best_checkpoint"] = best or None
     metrics = {k: v for k, v in sorted(metrics.items()) if not k.endswith("_step")}
     if trainer.is_global_zero:
+        collected = collector.collected if collector is not None else None  # None: report=false or no test
+        if collected is not None:
+            metrics |= confidence_intervals(cfg, module, collected, metrics)
         write_json_atomic(output_dir / "metrics.json", {"status": "ok", **metrics})
-        _log_hparams(trainer, cfg, metrics)
+        report = _write_report(cfg, trainer, module, collected, metrics) if collected is not None else None
+        log_hparams(trainer, cfg, metrics)
+        print(closing_lines(output_dir, metrics, report), flush=True)
     return metrics
+
+
+def _write_report(
+    cfg: DictConfig,
+    trainer: L.Trainer,
+    module: L.LightningModule,
+    collected: Collected,
+    metrics: dict[str, Any],
+) -> Path:
+    """The same report.md and figures/ as ``xray_cls.eval`` writes, for the checkpoint just tested."""
+    chooser = next((cb for cb in trainer.callbacks if isinstance(cb, OperatingPoint)), None)
+    how = stored_threshold_how(chooser.chosen if chooser else None, "Applied unchanged to the test split.")
+    checkpoint = metrics.get("best_checkpoint") or ""
+    summary = summarize(cfg, module, collected.targets, checkpoint, how, datamodule=trainer.datamodule)
+    return write_run_report(
+        Path(cfg.paths.output_dir),
+        summary,
+        metrics,
+        collected,
+        module,
+        cfg.eval.figures.gradcam_per_class,
+        trainer.loggers,
+    )
+
+
+def closing_lines(output_dir: Path, metrics: dict[str, Any], report: Path | None) -> str:
+    """What a person needs at the end of a run: where it is, how it did, how to look at it."""
+    if "test/op/sensitivity" in metrics:  # binary: at the operating threshold chosen on validation data
+        headline = (
+            f"test AUROC {metrics['test/auroc']:.4f}; at threshold {metrics['test/op/threshold']:.3f} "
+            f"(chosen on val): sensitivity {metrics['test/op/sensitivity']:.4f}, "
+            f"specificity {metrics['test/op/specificity']:.4f}"
+        )
+    elif "test/acc" in metrics:
+        headline = f"test accuracy {metrics['test/acc']:.4f}"
+    else:
+        headline = "not tested (test=false)"
+    lines = ["", f"run directory: {output_dir}", f"result:        {headline}"]
+    if report is not None:
+        lines.append(f"report:        {report}")
+    lines.append(f"tensorboard:   tensorboard --logdir {output_dir}")
+    return "\n".join(lines)
 
 
 def _fit(
@@ -114,28 +172,3 @@ def _resume(cfg: DictConfig) -> tuple[DictConfig, str | None]:
 
 def scalars(values: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in values.items() if isinstance(v, torch.Tensor) and v.numel() == 1}
-
-
-def _log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, Any]) -> None:
-    """The HParams tab: this run's hyperparameters beside its final metrics."""
-    numeric = {k: v for k, v in metrics.items() if isinstance(v, float)}
-    hparams = OmegaConf.to_container(cfg, resolve=True)
-    hparams.pop("paths", None)
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            logger.log_hyperparams(hparams, metrics=numeric)
-
-
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    """Returns what a sweeper optimises: the best ``monitor.metric``, or None for a failed sweep job."""
-    file_logs_from_rank_zero()
-    if is_multirun():
-        return run_trial(cfg, train)
-    with user_errors():
-        metrics = train(cfg)
-    return objective(metrics, cfg.monitor.metric)
-
-
-if __name__ == "__main__":
-    main()

@@ -8,16 +8,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
 
-from xray_cls.data.datamodule import BALANCE_MODES
 from xray_cls.errors import UserError
-from xray_cls.evaluation.threshold import METHODS as THRESHOLD_METHODS
-from xray_cls.models.finetune import STRATEGIES
+
+if TYPE_CHECKING:
+    from torch import nn
+
+# The commands check a config with these rules before they import torch and Lightning (seconds), so this
+# module imports neither; the modules that act on these choices import the tuples from here.
+BALANCE_MODES = ("none", "loss_weights", "sampler")  # data.balance
+FINETUNE_STRATEGIES = ("full", "linear_probe", "gradual")  # model.finetune
+THRESHOLD_METHODS = ("youden", "target_sensitivity", "fixed")  # eval.threshold
 
 _MISSING = object()
 
@@ -33,12 +37,29 @@ def _number(test: Callable[[float], bool]) -> Callable[[Any, DictConfig], bool]:
     return lambda v, _: isinstance(v, int | float) and not isinstance(v, bool) and test(v)
 
 
+def _whole(v: Any, least: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= least
+
+
+def _fold_ok(fold: Any, folds: Any) -> bool:
+    """k-fold: both null, or ``fold`` one of ``folds`` (checked by its own rule)."""
+    if folds is None:
+        return fold is None
+    return _whole(fold, 0) and _whole(folds, 2) and fold < folds
+
+
 RULES = [
     Rule("optimizer.lr", _number(lambda v: v > 0), "a number > 0"),
     Rule("optimizer.backbone_lr_mult", _number(lambda v: v > 0), "a number > 0"),
     Rule("data.batch_size", _number(lambda v: v >= 1 and v == int(v)), "a whole number >= 1"),
     Rule("data.num_workers", _number(lambda v: v >= 0 and v == int(v)), "a whole number >= 0"),
     Rule("data.val_fraction", _number(lambda v: 0 < v < 1), "a fraction in (0, 1)"),
+    Rule("data.folds", lambda v, _: v is None or _whole(v, 2), "null or a whole number >= 2"),
+    Rule(
+        "data.fold",
+        lambda v, cfg: _fold_ok(v, cfg.data.get("folds")),
+        "null, or with data.folds set: 0 to folds-1",
+    ),
     Rule("data.image_size", _number(lambda v: v >= 1 and v == int(v)), "a whole number of pixels >= 1"),
     Rule("data.num_channels", lambda v, _: v in (1, 3), "1 or 3"),
     Rule("data.balance", lambda v, _: v in BALANCE_MODES, " | ".join(BALANCE_MODES)),
@@ -48,12 +69,16 @@ RULES = [
         lambda v, cfg: v is None or v in list(cfg.data.class_names),
         "null or one of data.class_names",
     ),
-    Rule("model.finetune", lambda v, _: v in STRATEGIES, " | ".join(STRATEGIES)),
+    Rule("model.finetune", lambda v, _: v in FINETUNE_STRATEGIES, " | ".join(FINETUNE_STRATEGIES)),
     Rule("trainer.max_epochs", _number(lambda v: v >= 1 or v == -1), "a whole number >= 1 (or -1: no limit)"),
     Rule("loss.label_smoothing", _number(lambda v: 0 <= v < 1), "a number in [0, 1)"),
     Rule("eval.threshold", lambda v, _: v in THRESHOLD_METHODS, " | ".join(THRESHOLD_METHODS)),
     Rule("eval.target_sensitivity", _number(lambda v: 0 < v <= 1), "a fraction in (0, 1]"),
     Rule("eval.fixed_threshold", _number(lambda v: 0 <= v <= 1), "a probability in [0, 1]"),
+    Rule(
+        "eval.bootstrap.resamples", _number(lambda v: v >= 0 and v == int(v)), "a whole number >= 0 (0: off)"
+    ),
+    Rule("eval.bootstrap.confidence", _number(lambda v: 0 < v < 1), "a fraction in (0, 1)"),
     Rule("on_nonfinite_loss", lambda v, _: v in ("stop", "skip"), "stop | skip"),
     Rule("monitor.mode", lambda v, _: v in ("min", "max"), "min | max"),
 ]
@@ -69,6 +94,10 @@ def validate(cfg: DictConfig) -> None:
 
 
 def _check_accelerator(accelerator: str) -> None:
+    if accelerator not in ("gpu", "cuda", "mps"):
+        return  # auto and cpu always work; torch (seconds to import) is needed only to ask about devices
+    import torch
+
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise UserError(
             f"invalid config: trainer.accelerator={accelerator} but this machine has no CUDA GPU; "

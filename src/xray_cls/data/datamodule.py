@@ -17,13 +17,11 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from xray_cls.data.base import DataSource, SplitArrays
 from xray_cls.data.device_batches import DeviceBatches
-from xray_cls.data.splits import grouped_stratified_split
+from xray_cls.data.splits import grouped_stratified_kfold, grouped_stratified_split
 from xray_cls.data.transforms import batch_augmentation, item_augmentation
 from xray_cls.errors import UserError
 
 log = logging.getLogger(__name__)
-
-BALANCE_MODES = ("none", "loss_weights", "sampler")
 
 
 @dataclass
@@ -66,6 +64,35 @@ class ArrayDataset(Dataset):
         return image, int(self.view.split.labels[j])
 
 
+def _training_pool(loaded: Mapping[str, SplitArrays]) -> SplitArrays:
+    """What k-fold cross-validation folds: the train split, plus the data set's own val split where it has
+    one (copied into one array). Where only one of them names patients, each image of the other is its own
+    group."""
+    train, val = loaded["train"], loaded.get("val")
+    if val is None:
+        return train
+    log.info(
+        "k-fold: the data set's val split (%d) joins train (%d) in the pool that is folded",
+        len(val),
+        len(train),
+    )
+    groups = None
+    if train.groups is not None or val.groups is not None:
+        groups = np.concatenate(
+            [
+                np.asarray(split.groups).astype(str)
+                if split.groups is not None
+                else np.array([f"{name}#{i}" for i in range(len(split))])
+                for name, split in (("train", train), ("val", val))
+            ]
+        )
+    return SplitArrays(
+        np.concatenate([np.asarray(train.images), np.asarray(val.images)]),
+        np.concatenate([train.labels, val.labels]),
+        groups,
+    )
+
+
 class ClassificationDataModule(L.LightningDataModule):
     def __init__(
         self,
@@ -87,15 +114,24 @@ class ClassificationDataModule(L.LightningDataModule):
         on_device_max_bytes: int = 2_000_000_000,
         seed: int = 0,
         positive_class: str | None = None,
+        card: Mapping[str, Any] | None = None,
+        folds: int | None = None,
+        fold: int | None = None,
     ) -> None:
         super().__init__()
+        if (folds is None) != (fold is None):
+            raise UserError(f"data.folds={folds} and data.fold={fold}: set both (k-fold) or neither")
         self.source, self.root = source, Path(root)
         self.class_names = list(class_names)
         self.positive_class = positive_class
+        # What the report's model card says about the data (data.card: source, population, limitations).
+        self.card = dict(card or {})
         self.num_channels, self.image_size = num_channels, image_size
         self.mean, self.std = list(mean), list(std)
         self.augment = dict(augment)
         self.val_fraction, self.balance, self.seed = val_fraction, balance, seed
+        # k-fold cross-validation (cv=kfold): validation is fold `fold` of `folds` of the training pool.
+        self.folds, self.fold = folds, fold
         self.batch_size, self.num_workers = batch_size, num_workers
         self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
         self.on_device, self.on_device_max_bytes = on_device, on_device_max_bytes
@@ -113,7 +149,17 @@ class ClassificationDataModule(L.LightningDataModule):
             return
         loaded = {name: self._conform(split) for name, split in self.source.load(self.root).items()}
         splits = {name: SplitView(split, np.arange(len(split))) for name, split in loaded.items()}
-        if "val" not in splits:
+        if self.folds is not None:
+            # The fold replaces val_fraction's split and the data set's own val split, which joins the pool.
+            pool = _training_pool(loaded)
+            try:
+                train_idx, val_idx = grouped_stratified_kfold(
+                    pool.labels, pool.groups, self.folds, self.fold, self.seed
+                )
+            except ValueError as err:
+                raise UserError(f"data.folds={self.folds}, data.fold={self.fold}: {err}") from err
+            splits["train"], splits["val"] = SplitView(pool, train_idx), SplitView(pool, val_idx)
+        elif "val" not in splits:
             train = loaded["train"]
             train_idx, val_idx = grouped_stratified_split(
                 train.labels, train.groups, self.val_fraction, self.seed

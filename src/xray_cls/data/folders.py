@@ -8,13 +8,18 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from xray_cls.errors import UserError
 
+# torchvision's ImageFolder extensions (torchvision.datasets.folder.IMG_EXTENSIONS), written out: the
+# class_folders resolver reads folders while the config is composed, before torch is imported.
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
 # macOS zips carry a __MACOSX/ shadow tree of "._name" resource forks: never images.
 _JUNK_DIRS = {"__MACOSX"}
-_PATIENT = re.compile(r"^(person\d+)_(?:bacteria|virus)_\d+", re.IGNORECASE)
+# Kaggle names: person{ID}_{bacteria|virus}_{n} (PNEUMONIA) and (NORMAL2-)IM-{study}-{n}[-{m}] (NORMAL), where
+# the files of one study (IM-0629-0001.jpeg, IM-0629-0001-0001.jpeg, ...) are X-rays of the same child.
+_PATIENT = re.compile(r"^(person\d+)_(?:bacteria|virus)_\d+|^((?:normal2-)?im-\d+)-\d+", re.IGNORECASE)
 
 
 def _visible(name: str) -> bool:
@@ -81,8 +86,11 @@ def scan_class_folders(split_dir: Path, class_names: Sequence[str]) -> tuple[lis
 def patient_id(path: Path, split_dir: Path) -> str:
     """The patient a chest X-ray file belongs to, for grouping.
 
-    ``person{ID}_{bacteria|virus}_{n}.jpeg`` gives ``person{ID}``. Other names (the NORMAL class) carry no
-    reliable patient id, so the file is its own group, named by its path relative to ``split_dir``.
+    ``person{ID}_{bacteria|virus}_{n}.jpeg`` gives ``person{ID}``; ``IM-{study}-{n}[-{m}].jpeg`` (NORMAL)
+    gives ``im-{study}``, ``NORMAL2-IM-...`` ``normal2-im-{study}``. Any other name is its own group, named by
+    its path relative to ``split_dir``.
     """
     match = _PATIENT.match(Path(path).name)
-    return match.group(1).lower() if match else Path(path).relative_to(split_dir).as_posix()
+    if match is None:
+        return Path(path).relative_to(split_dir).as_posix()
+    return (match.group(1) or match.group(2)).lower()

@@ -25,23 +25,35 @@ _MD5 = {
 
 
 class PneumoniaMNISTSource:
-    """``<root>/medmnist/pneumoniamnist[_{size}].npz``: train/val/test images (N, H, W) uint8 and labels."""
+    """A MedMNIST ``.npz`` of train/val/test images (N, H, W) uint8 and labels.
 
-    def __init__(self, size: int = 28, download: bool = True) -> None:
-        if size not in _MD5:
+    Found as ``<root>/medmnist/pneumoniamnist[_{size}].npz`` (where it is downloaded to) or
+    ``<root>/pneumoniamnist[_{size}].npz`` (the ``medmnist`` package's own layout, e.g. ``~/.medmnist``);
+    ``file`` names one file instead (the data set embedded in this package), which is never downloaded.
+    """
+
+    def __init__(self, size: int = 28, download: bool = True, file: str | None = None) -> None:
+        if size not in _MD5 and file is None:
             raise UserError(f"PneumoniaMNIST comes in sizes {sorted(_MD5)}, not data.image_size={size}")
         self.size = size
         self.download = download
+        self.file = None if file is None else Path(file)
         self.filename = "pneumoniamnist.npz" if size == 28 else f"pneumoniamnist_{size}.npz"
         self.url = f"{_RECORD}/{self.filename}?download=1"
 
     def path(self, root: Path) -> Path:
-        return Path(root) / "medmnist" / self.filename
+        """The file to read: the first place that has it, else where a download goes."""
+        if self.file is not None:
+            return self.file
+        places = [Path(root) / "medmnist" / self.filename, Path(root) / self.filename]
+        return next((place for place in places if place.is_file()), places[0])
 
     def prepare(self, root: Path) -> None:
         path = self.path(root)
         if path.is_file():
             return
+        if self.file is not None:
+            raise UserError(self._missing(path, ""))
         if not self.download:
             raise UserError(self._missing(path, "and data.source.download=false"))
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -66,9 +78,11 @@ class PneumoniaMNISTSource:
             raise UserError(f"{path} is damaged ({err}): delete it and run again to download it.") from None
 
     def _missing(self, path: Path, why: str) -> str:
+        if self.file is not None:
+            return f"data.source.file={self.file} does not exist: give the path of a MedMNIST .npz file"
         return (
             f"PneumoniaMNIST ({self.size} px) is not at {path} {why}. Download {self.url} "
-            f"(MD5 {_MD5[self.size]}) and save it as {path}."
+            f"(MD5 {_MD5[self.size]}) and save it as {path} (or in paths.data_dir, as medmnist does)."
         )
 
 

@@ -21,13 +21,20 @@ class TorchvisionSource:
             raise UserError(f"data.source.dataset={dataset!r} is not a torchvision dataset class")
         self.dataset_cls: type[VisionDataset] = getattr(torchvision.datasets, dataset)
         self.download = download
+        self._prepared: dict[bool, VisionDataset] = {}
 
     def prepare(self, root: Path) -> None:
-        for train in (True, False):
-            self._open(root, train)
+        # Opening a split checks (or downloads) its files and reads them whole: load() takes these rather
+        # than reading the files a second time (where prepare ran in the same process).
+        self._prepared = {train: self._open(root, train) for train in (True, False)}
 
     def load(self, root: Path) -> dict[str, SplitArrays]:
-        return {"train": _to_arrays(self._open(root, True)), "test": _to_arrays(self._open(root, False))}
+        prepared, self._prepared = self._prepared, {}
+        opened = {
+            name: prepared.get(train) or self._open(root, train)
+            for name, train in (("train", True), ("test", False))
+        }
+        return {name: _to_arrays(ds) for name, ds in opened.items()}
 
     def _open(self, root: Path, train: bool) -> VisionDataset:
         try:

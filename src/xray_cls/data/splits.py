@@ -1,4 +1,4 @@
-"""Holding out a stratified fraction of a data set without splitting any patient (group)."""
+"""Holding out a stratified fraction (or one fold of k) of a data set without splitting any patient."""
 
 from __future__ import annotations
 
@@ -51,3 +51,41 @@ def grouped_stratified_split(
 
     is_val = val_group[g]
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def grouped_stratified_kfold(
+    labels: np.ndarray, groups: np.ndarray | None, folds: int, fold: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fold ``fold`` of ``folds`` as sorted ``(train_idx, val_idx)``: validation is that fold, train the rest.
+
+    scikit-learn's ``StratifiedGroupKFold`` (groups shuffled with ``seed``): whole groups go to one fold
+    only, each fold's class ratio is kept close to the pool's, and the folds cover every sample exactly
+    once. ``groups=None`` makes every sample its own group; then (as when every group has one sample)
+    ``StratifiedKFold`` does the same, faster (60,000 images: about 1 s instead of 14). For one ``seed``
+    the ``folds`` calls partition the same way, so fold ``i`` of each job of a sweep is one part of one
+    partition.
+    """
+    # A second to import: only k-fold runs need it.
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    if folds < 2:
+        raise ValueError(f"folds must be >= 2, got {folds}")
+    if not 0 <= fold < folds:
+        raise ValueError(f"fold must be in [0, {folds}), got {fold}")
+    labels = np.asarray(labels).reshape(-1)
+    n = len(labels)
+    if groups is not None and len(groups) != n:
+        raise ValueError(f"{n} labels but {len(groups)} groups")
+    g = np.arange(n) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1].reshape(-1)
+    num_groups = len(np.unique(g))
+    if num_groups < folds:
+        unit = "images" if groups is None else "patients (groups)"
+        raise ValueError(f"{folds} folds need at least {folds} {unit}; the pool has {num_groups}")
+    singletons = num_groups == n
+    splitter = (StratifiedKFold if singletons else StratifiedGroupKFold)(
+        n_splits=folds, shuffle=True, random_state=seed
+    )
+    for i, (train_idx, val_idx) in enumerate(splitter.split(np.zeros(n), labels, None if singletons else g)):
+        if i == fold:
+            return np.sort(train_idx), np.sort(val_idx)
+    raise AssertionError("unreachable: the splitter yields `folds` splits")

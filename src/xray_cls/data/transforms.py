@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import kornia.augmentation as K
 from torch import nn
 from torchvision.transforms import v2
 
@@ -25,6 +24,10 @@ def item_augmentation(cfg: Mapping[str, Any], image_size: int) -> v2.Transform |
 
 
 def batch_augmentation(cfg: Mapping[str, Any], image_size: int) -> nn.Module | None:
+    if item_augmentation(cfg, image_size) is None:
+        return None  # nothing to do: kornia, a quarter of a second to import, is left out
+    import kornia.augmentation as K
+
     steps: list[nn.Module] = []
     if cfg["crop_padding"]:
         steps.append(K.RandomCrop((image_size, image_size), padding=cfg["crop_padding"]))

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import Metric, MetricCollection
@@ -140,6 +141,9 @@ class Collected:
     mistakes: torch.Tensor | None = None  # images [m, C, H, W], most confidently wrong first
     mistake_probs: torch.Tensor | None = None  # [m, C]
     mistake_targets: torch.Tensor | None = None  # [m]
+    # [N] the patient of each test sample, from the data module's test split where the data set knows them
+    # (SplitView.groups): the confidence intervals then resample patients, not images.
+    groups: np.ndarray | None = None
 
 
 class TestOutputs(L.Callback):
@@ -196,4 +200,25 @@ class TestOutputs(L.Callback):
             mistakes=mistakes[0],
             mistake_probs=mistakes[1],
             mistake_targets=mistakes[2],
+            groups=collected_groups(trainer, targets.cpu()),
         )
+
+
+def collected_groups(trainer: L.Trainer, targets: torch.Tensor) -> np.ndarray | None:
+    """The patient of each collected test sample: the data module's test split's ``groups``. They line up with
+    the collected outputs when one process tested the split in order (test loaders never shuffle), over the
+    whole split or its first ``len(targets)`` samples (``trainer.limit_test_batches``). Under DDP the ranks'
+    samples come interleaved and padded: then None, as for data sets without patient identifiers."""
+    splits = getattr(trainer.datamodule, "splits", None) or {}
+    view = splits.get("test")
+    groups = getattr(view, "groups", None)
+    if groups is None:
+        return None
+    n = len(targets)
+    if trainer.world_size > 1 or len(view) < n or not np.array_equal(view.labels[:n], targets.numpy()):
+        rank_zero_warn(
+            "the test outputs do not line up with the test split's patients (DDP, or a reordered loader): "
+            "the confidence intervals resample images, not patients"
+        )
+        return None
+    return np.asarray(groups[:n])

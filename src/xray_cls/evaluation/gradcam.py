@@ -5,7 +5,6 @@ from __future__ import annotations
 import matplotlib
 import torch
 import torch.nn.functional as F
-from captum.attr import LayerActivation, LayerAttribution, LayerGradCam, LayerGradientXActivation
 from torch import nn
 
 from xray_cls.models.backbones import tokens_to_feature_map
@@ -19,6 +18,9 @@ def gradcam(model: nn.Module, images: torch.Tensor, targets: torch.Tensor | int)
     (all zeros where nothing in the image raised the class score). Layers whose output is a token sequence
     ``[B, 1 + N, D]`` (ViT) are reshaped to a patch grid first.
     """
+    # captum is imported here, not with this module: training imports the report code, Grad-CAM runs after it.
+    from captum.attr import LayerActivation, LayerAttribution, LayerGradCam
+
     layer = model.net.cam_layer
     device = next(model.parameters()).device
     # Images collected under torch.inference_mode cannot enter autograd: clone them outside it.
@@ -43,6 +45,8 @@ def _token_gradcam(
 ) -> torch.Tensor:
     # LayerGradCam would average over the embedding and sum over tokens; Grad-CAM needs the reverse, on
     # the patch grid: weights = gradients averaged over patches, map = weighted sum over channels.
+    from captum.attr import LayerActivation, LayerGradientXActivation
+
     activations = tokens_to_feature_map(LayerActivation(model, layer).attribute(images))
     gradients = LayerGradientXActivation(model, layer, multiply_by_inputs=False).attribute(
         images, target=targets

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,127 @@ class Summary:
     positive_class: str | None
     threshold_how: str | None
     tta: str
+    # The data module's splits: images per class (train, val, test), and how patients were kept apart.
+    splits: dict[str, dict[str, int]] = field(default_factory=dict)
+    patients: str | None = None
+    card: dict[str, Any] = field(default_factory=dict)  # data.card: source, population, limitations
+
+
+def summarize(
+    cfg: DictConfig,
+    module: Any,
+    targets: torch.Tensor,
+    checkpoint: str,
+    threshold_how: str,
+    tta: str = "off",
+    datamodule: Any = None,
+) -> Summary:
+    """The report's header facts for ``module`` (a ClassificationModule) tested on ``targets``; the data facts
+    of the model card from ``datamodule`` (a ClassificationDataModule after setup)."""
+    names = list(module.class_names)
+    positive = module.positive_index
+    binary = positive is not None
+    splits = getattr(datamodule, "splits", None) or {}
+    return Summary(
+        data=describe_data(cfg),
+        model=describe_model(cfg),
+        checkpoint=str(Path(checkpoint).resolve())
+        if checkpoint
+        else "none (the weights at the end of training)",
+        test_samples=len(targets),
+        class_counts={name: int((targets == c).sum()) for c, name in enumerate(names)},
+        threshold=float(module.threshold) if binary else None,
+        positive_class=names[positive] if binary else None,
+        threshold_how=threshold_how if binary else None,
+        tta=tta,
+        splits={
+            name: {n: int((splits[name].labels == c).sum()) for c, n in enumerate(names)}
+            for name in _SPLITS
+            if name in splits
+        },
+        patients=describe_patients(splits, getattr(datamodule, "val_fraction", None), _fold(datamodule)),
+        card=_plain_card(getattr(datamodule, "card", None) or {}),
+    )
+
+
+_SPLITS = ("train", "val", "test")
+
+
+def _fold(datamodule: Any) -> str | None:
+    """k-fold cross-validation (data.folds): which fold is the validation split, e.g. "fold 0 of 5"."""
+    folds = getattr(datamodule, "folds", None)
+    return None if folds is None else f"fold {datamodule.fold} of {folds}"
+
+
+def describe_patients(
+    splits: Mapping[str, Any], val_fraction: float | None, fold: str | None = None
+) -> str | None:
+    """How the splits keep patients apart, from the data module's SplitViews; ``fold`` names the validation
+    fold of a k-fold run instead of ``val_fraction``."""
+    if not {"train", "val"} <= set(splits):
+        return None
+    known = splits["train"].split.groups is not None
+    carved = splits["val"].split is splits["train"].split  # val held out of the training pool
+    share = fold or ("part" if val_fraction is None else f"{val_fraction:g}")
+    if known and carved:
+        return (
+            f"Patient identifiers known: validation ({share} of the training pool, stratified) was "
+            "held out by patient, so no patient is in both; test is the data set's own split."
+        )
+    if known:
+        return "Patient identifiers known; validation and test are the data set's own splits."
+    if carved:
+        held = f"{fold} (stratified)" if fold else f"a stratified random {share}"
+        return (
+            f"No patient identifiers: validation is {held} of the training images, so one patient's images "
+            "may be in both."
+        )
+    return "No patient identifiers: the data set's own train, validation and test splits are used as given."
+
+
+def _plain_card(card: Mapping[str, Any]) -> dict[str, Any]:
+    """data.card as plain strings and lists (it arrives as a DictConfig), for metrics.json."""
+    plain: dict[str, Any] = {}
+    for key, value in card.items():
+        if value is None or isinstance(value, str):
+            plain[str(key)] = value
+        else:
+            plain[str(key)] = [str(item) for item in value]
+    return plain
+
+
+def stored_threshold_how(chosen: Mapping[str, Any] | None, when: str) -> str:
+    """How the threshold in a checkpoint was chosen (the OperatingPoint callback's record of it)."""
+    if chosen is None:
+        return "Not chosen on validation data: the checkpoint records no operating point (0.5 by default)."
+    return (
+        f"Chosen on the validation split ({chosen['validation_samples']} images) at epoch {chosen['epoch']} "
+        f"of training: {chosen['description']}. {when}"
+    )
+
+
+def write_run_report(
+    output_dir: Path,
+    summary: Summary,
+    metrics: Mapping[str, Any],
+    collected: Collected,
+    module: torch.nn.Module,
+    gradcam_per_class: int,
+    loggers: Sequence[Logger],
+) -> Path:
+    """Draw every figure into ``output_dir/figures`` (and TensorBoard) and write ``output_dir/report.md``."""
+    figures = draw_figures(
+        collected,
+        module,
+        module.class_names,
+        float(module.threshold),
+        module.positive_index,
+        gradcam_per_class,
+    )
+    paths = write_figures(figures, output_dir / "figures", loggers)
+    report = output_dir / "report.md"
+    write_report(report, summary, metrics, paths)
+    return report
 
 
 def describe_data(cfg: DictConfig) -> str:
@@ -166,7 +287,9 @@ def write_figures(
 def write_report(
     path: Path, summary: Summary, metrics: Mapping[str, Any], figures: Mapping[str, Path]
 ) -> None:
-    """A one-page Markdown report: what was evaluated, the metric tables, the figures (relative links)."""
+    """A Markdown report with the sections of a model card: what was evaluated, intended use, the data, the
+    metric tables with confidence intervals, how the intervals were made, calibration, known limitations,
+    and the figures (relative links)."""
     counts = ", ".join(f"{name} {n}" for name, n in summary.class_counts.items())
     lines = [
         f"# Evaluation: {summary.model} on {summary.data}",
@@ -183,7 +306,12 @@ def write_report(
             f"probability exceeds it. {summary.threshold_how} |"
         )
     lines += [f"| Test-time augmentation | {summary.tta} |", ""]
+    lines += ["## Intended use", "", INTENDED_USE, ""]
+    lines += _data_section(summary)
     lines += _metric_tables(metrics, summary.threshold)
+    lines += _intervals_section(metrics)
+    lines += _calibration_section(metrics, summary, figures)
+    lines += _limitations_section(summary, metrics)
     lines += ["## Figures", ""]
     for name, file in figures.items():
         lines += [
@@ -195,28 +323,69 @@ def write_report(
     write_text_atomic(path, "\n".join(lines))
 
 
+INTENDED_USE = (
+    "Research and education only. This model is not a medical device: no regulator has cleared or approved "
+    "it, and it has not been validated prospectively or on other sites. It must not be used to diagnose, "
+    "screen or triage patients, nor to inform any clinical decision without a qualified clinician reading "
+    "the images."
+)
+
+# Limitations of every evaluation this report describes; data-set ones come from data.card.limitations.
+GENERIC_LIMITATIONS = (
+    "A retrospective evaluation on one held-out test split of one data set: no external or prospective "
+    "validation.",
+    "Grad-CAM maps show which regions drove the score, not where disease is: they are no localisation.",
+)
+_CI = ("_ci_low", "_ci_high")
+
+
+def _data_section(summary: Summary) -> list[str]:
+    card = summary.card
+    lines = ["## Data", ""]
+    lines += [
+        f"*{label}.* {card.get(key) or f'not described (data.card.{key})'}  "
+        for key, label in (("source", "Source"), ("population", "Population"))
+    ]
+    if summary.splits:
+        names = list(next(iter(summary.splits.values())))
+        lines += ["", f"| Split | Images | {' | '.join(names)} |", "|---" + "|---:" * (len(names) + 1) + "|"]
+        for split, counts in summary.splits.items():
+            total = sum(counts.values())
+            shares = [f"{n:,} ({n / max(total, 1):.0%})" for n in counts.values()]
+            lines.append(f"| {split} | {total:,} | {' | '.join(shares)} |")
+        tested = summary.splits.get("test", {})
+        if tested and sum(tested.values()) != summary.test_samples:
+            lines += ["", f"The test metrics come from the first {summary.test_samples} test images only."]
+    if summary.patients:
+        lines += ["", summary.patients]
+    return [*lines, ""]
+
+
 def _metric_tables(metrics: Mapping[str, Any], threshold: float | None) -> list[str]:
+    values = {k: v for k, v in metrics.items() if not k.endswith(_CI)}
     op_prefix = operating_point_name("test", "")
     at_op = {
         k.removeprefix(op_prefix): v
-        for k, v in metrics.items()
+        for k, v in values.items()
         if k.startswith(op_prefix) and k != operating_point_name("test", "threshold")
     }
     others = {
         k.removeprefix("test/"): v
-        for k, v in metrics.items()
+        for k, v in values.items()
         if k.startswith("test/") and not k.startswith(op_prefix) and k.removeprefix("test/") not in at_op
     }
+    ci = _ci_header(metrics)
     lines = []
     if at_op and threshold is not None:
         lines += [
             "## Test metrics at the operating threshold and at 0.5",
             "",
-            f"| Metric | at {threshold:.4f} | at 0.5 |",
-            "|---|---:|---:|",
+            f"| Metric | at {threshold:.4f} | {ci} | at 0.5 |",
+            "|---|---:|---:|---:|",
         ]
         lines += [
-            f"| {_label(k)} | {_number(at_op[k])} | {_number(metrics.get(f'test/{k}'))} |"
+            f"| {_label(k)} | {_number(at_op[k])} | {_interval(metrics, op_prefix + k)} | "
+            f"{_number(metrics.get(f'test/{k}'))} |"
             for k in sorted(at_op, key=_order)
         ]
         lines.append("")
@@ -229,9 +398,105 @@ def _metric_tables(metrics: Mapping[str, Any], threshold: float | None) -> list[
         ]
     else:
         lines.append("## Test metrics")
-    lines += ["", "| Metric | value |", "|---|---:|"]
-    lines += [f"| {_label(k)} | {_number(others[k])} |" for k in sorted(others, key=_order)]
+    lines += ["", f"| Metric | value | {ci} |", "|---|---:|---:|"]
+    lines += [
+        f"| {_label(k)} | {_number(others[k])} | {_interval(metrics, f'test/{k}')} |"
+        for k in sorted(others, key=_order)
+    ]
     return [*lines, ""]
+
+
+def _ci_header(metrics: Mapping[str, Any]) -> str:
+    confidence = (metrics.get("bootstrap") or {}).get("confidence", 0.95)
+    return f"{confidence:.0%} CI"
+
+
+def _interval(metrics: Mapping[str, Any], key: str) -> str:
+    low, high = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
+    return "" if low is None or high is None else f"{low:.3f}-{high:.3f}"
+
+
+def _intervals_section(metrics: Mapping[str, Any]) -> list[str]:
+    how = metrics.get("bootstrap")
+    lines = ["## Confidence intervals", ""]
+    if not how:
+        return [*lines, "Not computed (eval.bootstrap.resamples=0).", ""]
+    unit = "patients" if how["unit"] == "patient" else "images"
+    text = (
+        f"Percentile bootstrap: {how['resamples']:,} resamples (seed {how['seed']}), each drawing "
+        f"{how['units']:,} test {unit} with replacement"
+    )
+    if how["unit"] == "patient":
+        text += (
+            " (all images of a drawn patient; an image without a patient identifier counts as one patient)"
+        )
+    tail = (1 - how["confidence"]) / 2 * 100
+    text += (
+        f"; each interval runs from the {tail:g}th to the {100 - tail:g}th percentile of the metric over "
+        f"the resamples. They cover the sampling of the test {unit}, not retraining (seed, data order) nor "
+        "another population."
+    )
+    if how["unit"] == "image":
+        text += " Several images of one patient would count as independent and make them too narrow."
+    lines.append(text)
+    short = {k: n for k, n in how["used"].items() if n < how["resamples"]}
+    if short:
+        counts = ", ".join(f"{_label(k.rsplit('/', 1)[-1])} {n:,}" for k, n in short.items())
+        lines += [
+            "",
+            f"Resamples in which a metric is undefined (one class only, no positive call) are left "
+            f"out of its interval; used: {counts}.",
+        ]
+    headline = next((k for k in ("test/auroc", "test/acc") if f"{k}_ci_low" in metrics), None)
+    if headline:
+        name = _label(headline.removeprefix("test/"))
+        lines += [
+            "",
+            f"For example: {name} {metrics[headline]:.3f} ({_ci_header(metrics)} "
+            f"{_interval(metrics, headline)}).",
+        ]
+    return [*lines, ""]
+
+
+def _calibration_section(
+    metrics: Mapping[str, Any], summary: Summary, figures: Mapping[str, Path]
+) -> list[str]:
+    ece = metrics.get("test/ece")
+    lines = ["## Calibration", ""]
+    if ece is None:
+        return [*lines, "Not measured.", ""]
+    if summary.positive_class is not None:
+        positive = summary.positive_class
+        what = f"the predicted probability of *{positive}* and the share of {positive} cases in each bin"
+    else:
+        what = "the top class's probability and how often that class is right, in each bin"
+    text = (
+        f"Expected calibration error (ECE) {ece:.3f}: the gap between {what} ({CALIBRATION_BINS} equal-width "
+        "bins), averaged with the bins' image counts as weights; 0 is perfect. Here a stated probability is "
+        f"off by about {ece * 100:.1f} percentage points on average. The probabilities are not recalibrated "
+        "after training."
+    )
+    if "reliability" in figures:
+        text += " See the reliability diagram below."
+    return [*lines, text, ""]
+
+
+def _limitations_section(summary: Summary, metrics: Mapping[str, Any]) -> list[str]:
+    limitations = summary.card.get("limitations") or []
+    if isinstance(limitations, str):
+        limitations = [limitations]
+    items = [*limitations, *GENERIC_LIMITATIONS]
+    if summary.positive_class is not None and summary.test_samples:
+        share = summary.class_counts[summary.positive_class] / summary.test_samples
+        items.append(
+            f"PPV and NPV depend on prevalence: {summary.positive_class} is {share:.0%} of this test split; "
+            "at another prevalence they change (sensitivity and specificity do not)."
+        )
+        items.append(
+            "The operating threshold was chosen on the validation split; on other data it may need choosing "
+            "anew (eval with eval.threshold=... on local validation data)."
+        )
+    return ["## Known limitations", "", *[f"- {item}" for item in items], ""]
 
 
 def _order(key: str) -> tuple[int, str]:

@@ -10,8 +10,7 @@ import torch
 from torchmetrics.functional.classification import binary_roc
 
 from xray_cls.errors import UserError
-
-METHODS = ("youden", "target_sensitivity", "fixed")
+from xray_cls.validation import THRESHOLD_METHODS as METHODS
 
 DESCRIPTIONS = {
     "youden": "Youden's J: the threshold maximising sensitivity + specificity - 1",

@@ -22,10 +22,10 @@ from torch import nn
 from torch.optim import Optimizer
 
 from xray_cls.errors import UserError
+from xray_cls.validation import FINETUNE_STRATEGIES as STRATEGIES
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("full", "linear_probe", "gradual")
 
 # Hyperparameters of a param group that are learning rates, scaled for the backbone's group; OneCycleLR keeps
 # its per-group schedule in initial_lr, max_lr and min_lr.
@@ -45,7 +45,8 @@ def param_groups(net: nn.Module, lr: float, backbone_lr_mult: float = 1.0) -> li
     """Trainable parameters of ``net``: the head's at ``lr``, the rest at ``lr * backbone_lr_mult``.
 
     Groups are named (``head``, ``backbone``; LearningRateMonitor logs them by name) and empty ones left out,
-    so a frozen backbone gives only the head group. A net without ``head`` is one group at ``lr``.
+    so a frozen backbone gives only the head group. A net that trains whole at one rate (no ``head``, or
+    ``backbone_lr_mult`` 1 with nothing frozen) is one unnamed group: one curve, ``lr-<Optimizer>``.
     """
     if backbone_lr_mult <= 0:
         raise UserError(
@@ -54,8 +55,9 @@ def param_groups(net: nn.Module, lr: float, backbone_lr_mult: float = 1.0) -> li
         )
     head = getattr(net, "head", None)
     trainable = [p for p in net.parameters() if p.requires_grad]
-    if head is None:
-        return [{"name": "all", "params": trainable, "lr": lr}] if trainable else []
+    # A frozen backbone (linear_probe, gradual) keeps the split: `gradual` adds the backbone group later.
+    if head is None or (backbone_lr_mult == 1 and len(trainable) == len(list(net.parameters()))):
+        return [{"params": trainable, "lr": lr}] if trainable else []
     head_ids = {id(p) for p in head.parameters()}
     groups = [
         {"name": "head", "params": [p for p in trainable if id(p) in head_ids], "lr": lr},
