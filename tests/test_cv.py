@@ -185,7 +185,7 @@ def test_too_many_folds_for_the_patients_is_a_user_error(make_cfg) -> None:
 
 
 def test_cv_presets_sweep_the_folds_or_seeds(make_cfg) -> None:
-    kfold = make_cfg("cv=kfold", "cv.folds=3")
+    kfold = make_cfg("cv=kfold", "data.folds=3")
     assert kfold.data.folds == 3 and kfold.data.fold is None and kfold.cv.kind == "kfold"
     seeds = make_cfg("cv=seeds")
     assert seeds.cv.kind == "seeds" and seeds.cv.seeds == 5 and seeds.data.folds is None
@@ -270,7 +270,7 @@ def test_leaderboard_writes_the_cv_summary_and_prints_its_table(tmp_path: Path, 
 @pytest.mark.slow
 def test_kfold_command_runs_each_fold_and_summarises(data_dir: Path, tmp_path: Path) -> None:
     proc = run(
-        "xray_cls.train", *SMALL, "cv=kfold", "cv.folds=2",
+        "xray_cls.train", *SMALL, "cv=kfold", "data.folds=2",
         f"paths.data_dir={data_dir}", f"paths.log_dir={tmp_path}", *QUICK, cwd=tmp_path,
     )  # fmt: skip
     (sweep,) = (tmp_path / "train" / "multiruns").iterdir()
@@ -285,6 +285,12 @@ def test_kfold_command_runs_each_fold_and_summarises(data_dir: Path, tmp_path: P
     assert acc["mean"] == pytest.approx(sum(acc["values"].values()) / 2)
     assert "val/acc_best" in summary["metrics"]
     assert "cross-validation (kfold): 2 runs by data.fold, 2 ok, 0 failed" in proc.stdout
+    # A fold's checkpoint is a normal model: eval rebuilds it (and its fold) from the checkpoint alone.
+    best = json.loads((sweep / "1" / "metrics.json").read_text())["best_checkpoint"]
+    run("xray_cls.eval", f"ckpt_path={best}", f"paths.data_dir={data_dir}", f"paths.log_dir={tmp_path}",
+        *QUICK, cwd=tmp_path)  # fmt: skip
+    (evaluated,) = (tmp_path / "eval" / "runs").iterdir()
+    assert json.loads((evaluated / "metrics.json").read_text())["status"] == "ok"
 
 
 def test_report_names_the_validation_fold() -> None:

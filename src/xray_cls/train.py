@@ -80,7 +80,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if collected is not None:
             metrics |= confidence_intervals(cfg, module, collected, metrics)
         write_json_atomic(output_dir / "metrics.json", {"status": "ok", **metrics})
-        report = _write_report(cfg, trainer, module, collected, metrics) if collected is not None else None
+        report = None
+        try:
+            if collected is not None:
+                report = _write_report(cfg, trainer, module, collected, metrics)
+        except Exception as err:  # the results are saved: a figure that cannot be drawn must not fail the run
+            log.warning(
+                "report.md not written (%s: %s); metrics.json holds every result, and "
+                "python -m xray_cls.eval ckpt_path=%s can write the report again",
+                type(err).__name__, err, metrics.get("best_checkpoint"),
+            )  # fmt: skip
         log_hparams(trainer, cfg, metrics)
         print(closing_lines(output_dir, metrics, report), flush=True)
     return metrics

@@ -75,7 +75,8 @@ class PneumoniaMNISTSource:
             with np.load(path) as npz:
                 return {split: _split(npz, split) for split in ("train", "val", "test")}
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
-            raise UserError(f"{path} is damaged ({err}): delete it and run again to download it.") from None
+            fix = "put an intact copy in its place" if self.file else "delete it and run again to download it"
+            raise UserError(f"{path} is damaged ({err}): {fix}.") from None
 
     def _missing(self, path: Path, why: str) -> str:
         if self.file is not None:

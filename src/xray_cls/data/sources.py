@@ -22,14 +22,18 @@ class TorchvisionSource:
         self.dataset_cls: type[VisionDataset] = getattr(torchvision.datasets, dataset)
         self.download = download
         self._prepared: dict[bool, VisionDataset] = {}
+        self._loaded = False
 
     def prepare(self, root: Path) -> None:
-        # Opening a split checks (or downloads) its files and reads them whole: load() takes these rather
-        # than reading the files a second time (where prepare ran in the same process).
-        self._prepared = {train: self._open(root, train) for train in (True, False)}
+        # Opening a split checks (or downloads) its files and reads them whole: the first load() takes these
+        # rather than reading the files a second time. Lightning prepares again before testing, when the
+        # splits are loaded already: then nothing is kept.
+        opened = {train: self._open(root, train) for train in (True, False)}
+        if not self._loaded:
+            self._prepared = opened
 
     def load(self, root: Path) -> dict[str, SplitArrays]:
-        prepared, self._prepared = self._prepared, {}
+        prepared, self._prepared, self._loaded = self._prepared, {}, True
         opened = {
             name: prepared.get(train) or self._open(root, train)
             for name, train in (("train", True), ("test", False))
