@@ -121,10 +121,13 @@ def _write_report(
 def closing_lines(output_dir: Path, metrics: dict[str, Any], report: Path | None) -> str:
     """What a person needs at the end of a run: where it is, how it did, how to look at it."""
     if "test/op/sensitivity" in metrics:  # binary: at the operating threshold chosen on validation data
+        interval = ""
+        if "test/auroc_ci_low" in metrics:
+            interval = f" (95% CI {metrics['test/auroc_ci_low']:.3f}-{metrics['test/auroc_ci_high']:.3f})"
+        op = {k: metrics[f"test/op/{k}"] for k in ("threshold", "sensitivity", "specificity")}
         headline = (
-            f"test AUROC {metrics['test/auroc']:.4f}; at threshold {metrics['test/op/threshold']:.3f} "
-            f"(chosen on val): sensitivity {metrics['test/op/sensitivity']:.4f}, "
-            f"specificity {metrics['test/op/specificity']:.4f}"
+            f"test AUROC {metrics['test/auroc']:.4f}{interval}; at threshold {op['threshold']:.3f} "
+            f"(chosen on val): sensitivity {op['sensitivity']:.4f}, specificity {op['specificity']:.4f}"
         )
     elif "test/acc" in metrics:
         headline = f"test accuracy {metrics['test/acc']:.4f}"
