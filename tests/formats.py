@@ -54,3 +54,14 @@ def write_cifar10(root: Path, n_per_batch: int = 60, n_test: int = 100, seed: in
 def _pickle(path: Path, obj: dict) -> None:
     with path.open("wb") as f:
         pickle.dump(obj, f)
+
+
+def patients(num_groups: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Imbalanced labels (3 classes) over patients with 1-5 images each, as strings like real ids."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(1, 6, num_groups)
+    group_labels = rng.choice(3, num_groups, p=[0.6, 0.3, 0.1])
+    groups = np.repeat([f"person{i}" for i in range(num_groups)], sizes)
+    labels = np.repeat(group_labels, sizes)
+    order = rng.permutation(len(labels))  # samples of a patient need not be adjacent
+    return labels[order], groups[order]

@@ -10,6 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from tests.conftest import QUICK, SMALL
+from tests.formats import patients as _patients
 from tests.test_cli import run
 from xray_cls.data.base import SplitArrays
 from xray_cls.data.splits import grouped_stratified_kfold
@@ -17,17 +18,6 @@ from xray_cls.errors import UserError
 from xray_cls.runtime import build
 from xray_cls.sweep import Job, Leaderboard, cv_settings, cv_summary
 from xray_cls.validation import validate
-
-
-def _patients(num_groups: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Imbalanced labels (3 classes) over patients with 1-5 images each, not adjacent, as string ids."""
-    rng = np.random.default_rng(seed)
-    sizes = rng.integers(1, 6, num_groups)
-    group_labels = rng.choice(3, num_groups, p=[0.6, 0.3, 0.1])
-    groups = np.repeat([f"person{i}" for i in range(num_groups)], sizes)
-    labels = np.repeat(group_labels, sizes)
-    order = rng.permutation(len(labels))
-    return labels[order], groups[order]
 
 
 def _folds(labels, groups, k: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
