@@ -80,8 +80,8 @@ def confidence_intervals(
     tasks get the intervals at the operating threshold (``test/op/...``) when it was applied, else at 0.5.
     Settings: ``eval.bootstrap.resamples`` (0: off) and ``eval.bootstrap.confidence``; the seed is ``seed``.
     """
-    settings = cfg.eval.get("bootstrap") or {}
-    resamples = int(settings.get("resamples", 1000))
+    settings = cfg.eval.bootstrap
+    resamples = int(settings.resamples)
     if resamples <= 0 or len(collected.targets) == 0:
         return {}
     positive = module.positive_index
@@ -94,12 +94,13 @@ def confidence_intervals(
         thresholded_prefix=operating_point_name("test", "") if at_op else "test/",
         groups=collected.groups,
         resamples=resamples,
-        confidence=float(settings.get("confidence", 0.95)),
+        confidence=float(settings.confidence),
         seed=int(cfg.seed),
     )
     # Intervals only beside values the run reports.
     for key in [k for k in intervals.used if k not in metrics]:
-        intervals.low.pop(key, None), intervals.high.pop(key, None), intervals.used.pop(key)
+        for values in (intervals.low, intervals.high, intervals.used):
+            values.pop(key, None)
     return intervals.as_metrics()
 
 
