@@ -311,7 +311,7 @@ def write_report(
     lines += _metric_tables(metrics, summary.threshold)
     lines += _intervals_section(metrics)
     lines += _calibration_section(metrics, summary, figures)
-    lines += _limitations_section(summary, metrics)
+    lines += _limitations_section(summary)
     lines += ["## Figures", ""]
     for name, file in figures.items():
         lines += [
@@ -481,7 +481,7 @@ def _calibration_section(
     return [*lines, text, ""]
 
 
-def _limitations_section(summary: Summary, metrics: Mapping[str, Any]) -> list[str]:
+def _limitations_section(summary: Summary) -> list[str]:
     limitations = summary.card.get("limitations") or []
     if isinstance(limitations, str):
         limitations = [limitations]
@@ -492,9 +492,11 @@ def _limitations_section(summary: Summary, metrics: Mapping[str, Any]) -> list[s
             f"PPV and NPV depend on prevalence: {summary.positive_class} is {share:.0%} of this test split; "
             "at another prevalence they change (sensitivity and specificity do not)."
         )
+        on_val = (summary.threshold_how or "").startswith("Chosen")
+        chosen = "was chosen on the validation split" if on_val else "was not chosen on validation data"
         items.append(
-            "The operating threshold was chosen on the validation split; on other data it may need choosing "
-            "anew (eval with eval.threshold=... on local validation data)."
+            f"The operating threshold {chosen}; on other data it may need choosing anew (eval with "
+            "eval.threshold=... on local validation data)."
         )
     return ["## Known limitations", "", *[f"- {item}" for item in items], ""]
 
