@@ -55,7 +55,7 @@ def plain_epoch(cfg, loader_kind: str, batches: int | None) -> float:
     L.seed_everything(cfg.seed, verbose=False)
     datamodule = build(cfg.data)
     datamodule.setup("fit")
-    net = build_module(cfg).net  # the same architecture and initialisation as the framework's
+    net = build_module(cfg.model).net  # the same architecture and initialisation as the framework's
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.optimizer.lr)
     mean = torch.tensor(cfg.data.mean).view(1, -1, 1, 1)
     std = torch.tensor(cfg.data.std).view(1, -1, 1, 1)

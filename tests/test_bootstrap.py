@@ -179,7 +179,7 @@ def test_resamples_without_a_metric_are_skipped_and_counted() -> None:
 
 def test_the_config_sets_resamples_confidence_seed_and_the_operating_threshold(make_cfg) -> None:
     cfg = make_cfg("model=simple_cnn", "data=pneumoniamnist", "seed=3", "eval.bootstrap.resamples=200")
-    module = build_module(cfg)
+    module = build_module(cfg.model)
     module.threshold.fill_(0.3)
     probs, targets = _binary(200)
     collected = Collected(probs=probs, targets=targets)

@@ -12,7 +12,7 @@ from torchmetrics.classification import BinaryRecall, BinarySpecificity
 
 from tests.conftest import QUICK
 from tests.eval_fixtures import BinaryRun, binary_run
-from xray_cls.checkpoints import load_checkpoint, module_from_checkpoint, restore_config
+from xray_cls.checkpoints import load_checkpoint, module_from_checkpoint
 from xray_cls.eval import evaluate
 from xray_cls.evaluation.callbacks import CHECKPOINT_KEY
 from xray_cls.evaluation.report import CAPTIONS
@@ -72,7 +72,7 @@ def test_eval_writes_metrics_report_and_figures(make_cfg, run: BinaryRun, tmp_pa
 def _positive_probs(make_cfg, run: BinaryRun, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The best checkpoint's pneumonia probabilities on a split, computed outside any evaluation."""
     checkpoint = load_checkpoint(run.best)
-    module = module_from_checkpoint(restore_config(make_cfg(*run.overrides), checkpoint, []), checkpoint)
+    module = module_from_checkpoint(checkpoint)
     images = torch.from_numpy(run.arrays[f"{split}_images"]).float().div(255)[:, None]
     with torch.no_grad():
         probs = module.eval()(images).softmax(-1)[:, 1]
@@ -153,12 +153,3 @@ def test_eval_of_an_empty_test_split_is_a_clear_error(make_cfg, run: BinaryRun, 
             f"ckpt_path={run.best}",
             "trainer.limit_test_batches=0",
         )
-
-
-def test_unknown_threshold_method_fails_before_anything_runs(make_cfg) -> None:
-    from xray_cls.errors import UserError
-    from xray_cls.runtime import instantiate_all
-
-    cfg = make_cfg("eval.threshold=best")
-    with pytest.raises(UserError, match=r"eval\.threshold='best'"):
-        instantiate_all(cfg.callbacks)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 import pytest
 import torch
 from torch import nn
@@ -16,7 +14,13 @@ from xray_cls.module import ClassificationModule
 
 
 def _module(net: nn.Module, classes: int = 2) -> ClassificationModule:
-    return ClassificationModule(net, [str(c) for c in range(classes)], partial(torch.optim.Adam, lr=1e-3))
+    """A module around ``net``, built here (some nets under test are defined by this file only)."""
+    simple = {"_target_": "xray_cls.models.scratch.SimpleCNN", "in_channels": 1, "num_classes": classes}
+    module = ClassificationModule(
+        {**simple, "image_size": 8}, [str(c) for c in range(classes)], {"_target_": "torch.optim.Adam"}
+    )
+    module.net = net
+    return module
 
 
 def _images(n: int, channels: int, size: int) -> torch.Tensor:

@@ -79,11 +79,11 @@ def test_probabilities_match_the_model_on_the_data_set(
     make_cfg, run: BinaryRun, folder: Path, tmp_path: Path
 ) -> None:
     """Files the size of the data set's images are read exactly as the data module feeds them."""
-    from xray_cls.checkpoints import module_from_checkpoint, restore_config
+    from xray_cls.checkpoints import module_from_checkpoint
 
     rows = _predict(make_cfg, run, tmp_path / "out", f"input={folder}")
     checkpoint = load_checkpoint(run.best)
-    module = module_from_checkpoint(restore_config(make_cfg(*run.overrides), checkpoint, []), checkpoint)
+    module = module_from_checkpoint(checkpoint)
     images = torch.from_numpy(run.arrays["test_images"][:4]).float().div(255)[:, None]
     with torch.no_grad():
         expected = module.eval()(images).softmax(-1)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import partial
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -12,8 +12,8 @@ from torchmetrics.classification import BinaryRecall, BinarySpecificity
 from xray_cls.errors import UserError
 from xray_cls.evaluation.callbacks import CHECKPOINT_KEY, OperatingPoint
 from xray_cls.evaluation.threshold import predicted_labels, select_threshold
-from xray_cls.models.scratch import SimpleCNN
 from xray_cls.module import ClassificationModule
+from xray_cls.validation import validate
 
 # Sorted by score:   0.80 P  0.65 P  0.60 P | 0.55 N  0.40 P  0.30 N  0.20 N  0.10 N  0.05 P
 # 5 positives, 4 negatives. Calling positive everything at or above a score gives (sensitivity, specificity):
@@ -90,16 +90,17 @@ def test_one_class_only_has_no_threshold() -> None:
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    ("override", "message"),
     [
-        ({"method": "best"}, "eval.threshold='best'"),
-        ({"method": "target_sensitivity", "target_sensitivity": 1.5}, "eval.target_sensitivity"),
-        ({"method": "fixed", "fixed": -0.1}, "eval.fixed_threshold"),
+        ("eval.threshold=best", "eval.threshold='best'; allowed: youden | target_sensitivity | fixed"),
+        ("eval.threshold=stored", "eval.threshold='stored'"),  # only eval and predict have a stored one
+        ("eval.target_sensitivity=1.5", "eval.target_sensitivity=1.5"),
+        ("eval.fixed_threshold=-0.1", "eval.fixed_threshold=-0.1"),
     ],
 )
-def test_bad_settings_are_user_errors(kwargs: dict, message: str) -> None:
-    with pytest.raises(UserError, match=message):
-        select_threshold(PROBS, TARGETS, **kwargs)
+def test_bad_settings_are_refused_with_the_key(make_cfg, override: str, message: str) -> None:
+    with pytest.raises(UserError, match=re.escape(message)):
+        validate(make_cfg(override))
 
 
 def test_predicted_labels_call_the_positive_class_above_the_threshold() -> None:
@@ -123,8 +124,9 @@ def _validate(callback, module, probs: torch.Tensor, targets: torch.Tensor, epoc
 
 
 def _module(class_names: list[str]) -> ClassificationModule:
-    net = SimpleCNN(1, len(class_names), 8)
-    return ClassificationModule(net, class_names, partial(torch.optim.Adam, lr=1e-3))
+    net = {"_target_": "xray_cls.models.scratch.SimpleCNN", "in_channels": 1, "image_size": 8}
+    adam = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}
+    return ClassificationModule({**net, "num_classes": len(class_names)}, class_names, adam)
 
 
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log")  # no Trainer here

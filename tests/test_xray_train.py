@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.xray_fixtures import write_image_folder, write_kaggle_tree, write_pneumoniamnist_npz
-from xray_cls.checkpoints import load_checkpoint, module_from_checkpoint, restore_config
+from xray_cls.checkpoints import load_checkpoint, module_from_checkpoint
 from xray_cls.runtime import build
 from xray_cls.train import train
 
@@ -52,7 +52,7 @@ def test_image_folder_trains_with_balancing(make_cfg, tmp_path: Path, balance: s
     _check_run(cfg, metrics)
     # The class weights of the loss belong to the training data, not to the checkpoint: eval can load it.
     checkpoint = load_checkpoint(metrics["best_checkpoint"])
-    module = module_from_checkpoint(restore_config(cfg, checkpoint, []), checkpoint)
+    module = module_from_checkpoint(checkpoint)
     assert module.criterion.weight is None
 
 

@@ -1,18 +1,19 @@
-"""Reading our checkpoints back: safely, and with the run's config restored from inside them."""
+"""Our checkpoints: the run's config written into them, read back safely, and the module rebuilt from them."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from xray_cls.errors import UserError
 from xray_cls.module import ClassificationModule
-from xray_cls.runtime import build_module
 
 # What a checkpoint decides about a run; paths, trainer and loggers come from where it is evaluated.
 RESTORED_KEYS = ("data", "model", "loss", "monitor", "optimizer", "scheduler", "seed")
@@ -31,9 +32,27 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise UserError(
             f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); is it truncated?"
         ) from None
-    if "xray_cls" not in checkpoint or "state_dict" not in checkpoint:
+    if "config" not in checkpoint.get("xray_cls", {}) or "state_dict" not in checkpoint:
         raise UserError(f"checkpoint {path} was not written by xray_cls.train (it has no run config)")
+    if "hyper_parameters" not in checkpoint:
+        raise UserError(
+            f"checkpoint {path} was written by an older xray_cls (its module has no hyperparameters): "
+            "train it again with this version"
+        )
     return checkpoint
+
+
+class RunConfig(L.Callback):
+    """Writes the run's config, as composed (interpolations kept), into every checkpoint: ``resume=``
+    restores it, and eval finds the run's data set in it."""
+
+    def __init__(self, config: DictConfig) -> None:
+        self.config = OmegaConf.to_container(config, resolve=False)
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        checkpoint.setdefault("xray_cls", {})["config"] = self.config
 
 
 def restore_config(
@@ -50,19 +69,20 @@ def restore_config(
             key = override.key_or_group
             if key.split(".")[0] in keys:
                 OmegaConf.update(restored, key, OmegaConf.select(cfg, key), merge=False)
-        # The checkpoint holds the weights: never download pretrained ones only to overwrite them.
-        net = restored.model.net
-        if "pretrained" in net:
-            net.pretrained, net.weights_path = False, None
     return restored
 
 
-def module_from_checkpoint(cfg: DictConfig, checkpoint: dict[str, Any]) -> ClassificationModule:
-    module = build_module(cfg)
+def module_from_checkpoint(checkpoint: dict[str, Any]) -> ClassificationModule:
+    """The trained module, rebuilt from the checkpoint's hyperparameters alone."""
+    hparams = copy.deepcopy(dict(checkpoint["hyper_parameters"]))
+    # The checkpoint holds the weights: never download pretrained ones only to overwrite them.
+    if "pretrained" in hparams["net"]:
+        hparams["net"] |= {"pretrained": False, "weights_path": None}
+    module = ClassificationModule(**hparams)
     try:
         module.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as err:
         raise UserError(
-            f"checkpoint does not fit the model {cfg.model.net._target_}: {str(err)[:500]}"
+            f"checkpoint does not fit the model {hparams['net']['_target_']}: {str(err)[:500]}"
         ) from None
     return module

@@ -2,8 +2,8 @@
 
 Writes into its own run directory ``metrics.json`` (test metrics at the checkpoint's operating threshold and
 at 0.5), ``report.md`` and the PNG figures it embeds (``figures/``); the figures also go to TensorBoard.
-Binary tasks apply the threshold stored in the checkpoint; passing ``eval.threshold=...`` (or
-``eval.target_sensitivity`` / ``eval.fixed_threshold``) chooses a new one on the validation split first.
+Binary tasks apply the threshold stored in the checkpoint (``eval.threshold=stored``, the default here); a
+method (``eval.threshold=youden|target_sensitivity|fixed``) chooses a new one on the validation split first.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
@@ -42,9 +41,6 @@ from xray_cls.validation import validate
 
 log = logging.getLogger("xray_cls.eval")
 
-# Overriding any of these on the eval command line chooses a new threshold on the validation split.
-THRESHOLD_KEYS = {"eval.threshold", "eval.target_sensitivity", "eval.fixed_threshold"}
-
 
 def evaluate(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     checkpoint = load_checkpoint(cfg.ckpt_path)
@@ -54,7 +50,7 @@ def evaluate(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     write_text_atomic(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     seed_everything(cfg)
     datamodule: L.LightningDataModule = build(cfg.data)
-    module = module_from_checkpoint(cfg, checkpoint)
+    module = module_from_checkpoint(checkpoint)
     positive = module.positive_index
     loggers = instantiate_all(cfg.get("logger"))
     figures_cfg = cfg.eval.figures
@@ -66,8 +62,8 @@ def evaluate(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     augment = cfg.eval.tta
     # Grad-CAM (below) explains the plain model: augmentation ends with the test.
     with tta(module, cfg.data.augment.hflip, cfg.data.image_size) if augment else contextlib.nullcontext():
-        if positive is not None and _threshold_requested(overrides):
-            how = _choose_threshold(trainer, module, datamodule, callbacks)
+        if positive is not None and cfg.eval.threshold != "stored":
+            how = _choose_threshold(trainer, module, datamodule, callbacks, cfg.eval.threshold)
         trainer.test(module, datamodule=datamodule)
 
     collected = collector.collected
@@ -90,19 +86,18 @@ def evaluate(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     return metrics
 
 
-def _threshold_requested(overrides: list[str]) -> bool:
-    keys = {o.key_or_group for o in OverridesParser.create().parse_overrides(overrides)}
-    return bool(keys & THRESHOLD_KEYS)
-
-
 def _choose_threshold(
-    trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule, callbacks: list[Any]
+    trainer: L.Trainer,
+    module: L.LightningModule,
+    datamodule: L.LightningDataModule,
+    callbacks: list[Any],
+    method: str,
 ) -> str:
     """Run the validation split through the OperatingPoint callback, which sets ``module.threshold``."""
     chooser = next((cb for cb in callbacks if isinstance(cb, OperatingPoint)), None)
     if chooser is None:
         raise UserError(
-            f"{', '.join(sorted(THRESHOLD_KEYS))} need the operating_point callback, which "
+            f"eval.threshold={method} chooses a threshold through the operating_point callback, which "
             "callbacks.operating_point=null switched off"
         )
     trainer.validate(module, datamodule=datamodule, verbose=False)

@@ -29,7 +29,7 @@ KEYS = (
     "scheduler",
     "data.batch_size",
     "trainer.max_epochs",
-    "model.finetune",
+    "model.finetune.mode",
     "seed",
 )
 # Command-line keys that say where a run reads and writes, not how it trains.

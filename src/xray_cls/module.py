@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Mapping, Sequence
-from functools import partial
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, TypedDict
 
 import lightning as L
 import torch
@@ -16,59 +15,88 @@ from torchmetrics import MaxMetric, MeanMetric, Metric
 
 from xray_cls.errors import UserError
 from xray_cls.evaluation.metrics import ClassificationMetrics
-from xray_cls.models.finetune import param_groups
+from xray_cls.models.classifier import Classifier
+from xray_cls.models.finetune import finetune_callback, param_groups
+from xray_cls.runtime import build
 
 log = logging.getLogger(__name__)
 
 STAGES = ("train", "val", "test")
 
 
+class StepOutput(TypedDict):
+    """What the validation and test steps return: callbacks read the batch's logits from it."""
+
+    loss: torch.Tensor
+    logits: torch.Tensor  # detached, [N, C]
+
+
+def positive_index(class_names: Sequence[str], positive_class: str | None) -> int | None:
+    """The positive class of a binary task (``positive_class``, else the last class); None for multiclass."""
+    if len(class_names) != 2:
+        return None
+    return 1 if positive_class is None else list(class_names).index(positive_class)
+
+
 class ClassificationModule(L.LightningModule):
     """Takes float images in [0, 1]; normalises them, runs ``net`` and logs ``stage/metric`` values.
 
-    The run's config travels inside every checkpoint, so eval and predict can rebuild the model from the
-    checkpoint alone.
+    ``model/*.yaml`` is this class's config: train builds it with one ``instantiate``, and its arguments (the
+    model node, resolved) are saved as hyperparameters in every checkpoint, so eval and predict rebuild the
+    module from the checkpoint alone. Arguments are plain configs: ``net``, ``optimizer`` (partial) and
+    ``scheduler.factory`` (partial) are instantiated here.
     """
 
     def __init__(
         self,
-        net: nn.Module,
+        net: Mapping[str, Any],
         class_names: Sequence[str],
-        optimizer: Callable[..., torch.optim.Optimizer],
+        optimizer: Mapping[str, Any],
         scheduler: Mapping[str, Any] | None = None,
-        mean: Sequence[float] = (0.5,),
-        std: Sequence[float] = (0.5,),
+        finetune: Mapping[str, Any] | None = None,
+        positive_class: str | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        dataset_stats: Mapping[str, Sequence[float]] | None = None,
         label_smoothing: float = 0.0,
-        backbone_lr_mult: float = 1.0,
-        positive_index: int | None = None,
-        monitor: str = "val/acc",
-        monitor_mode: str = "max",
-        channels_last: bool = False,
+        monitor: Mapping[str, str] | None = None,
         nonfinite_loss: str = "stop",
-        config: dict[str, Any] | None = None,
+        compile: bool = False,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
-        self.net = net
+        self.save_hyperparameters(logger=False)  # hparams.py logs the run's own selection of them
+        network: Classifier = build(net)
+        if channels_last:
+            network = network.to(memory_format=torch.channels_last)
+        if compile:
+            network.compile()
+        self.net = network
         self.class_names = list(class_names)
-        self.optimizer_factory = optimizer
-        self.scheduler_cfg = scheduler
-        self.backbone_lr_mult = backbone_lr_mult
-        self.monitor = monitor
+        self.finetune = {"mode": "full", "unfreeze_at_epoch": 1, "backbone_lr_mult": 1.0, **(finetune or {})}
+        monitor = monitor or {"metric": "val/acc", "mode": "max"}
+        self.monitor = monitor["metric"]
         self.channels_last = channels_last
         self.nonfinite_loss = nonfinite_loss
-        self.config = config or {}
-        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
+        # Explicit mean/std, else the pretrained weights' own statistics, else the data set's.
+        stats = (mean, std) if mean is not None else network.input_stats
+        if stats is None:
+            stats = ((dataset_stats or {}).get("mean", (0.5,)), (dataset_stats or {}).get("std", (0.5,)))
+        self.register_buffer("mean", torch.tensor(list(stats[0]), dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(list(stats[1]), dtype=torch.float32).view(1, -1, 1, 1))
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.positive_index = positive_index(self.class_names, positive_class)
         # Keyed "<stage>_..." because a bare "train" would shadow nn.Module.train.
         self.metrics = nn.ModuleDict(
             {
-                f"{s}_metrics": ClassificationMetrics(self.class_names, positive_index, full=s != "train")
+                f"{s}_metrics": ClassificationMetrics(
+                    self.class_names, self.positive_index, full=s != "train"
+                )
                 for s in STAGES
             }
         )
         self.losses = nn.ModuleDict({f"{s}_loss": MeanMetric() for s in STAGES})
-        best = MaxMetric if monitor_mode == "max" else _MinMetric
+        best = MaxMetric if monitor["mode"] == "max" else _MinMetric
         self.best = nn.ModuleDict({"acc": MaxMetric(), "monitor": best()})
         # Training accumulators and best values go into checkpoints, so a run resumed mid-epoch ends with the
         # same numbers as an unbroken one.
@@ -76,11 +104,14 @@ class ClassificationModule(L.LightningModule):
         for metric in resumable:
             if isinstance(metric, Metric):
                 metric.persistent(True)
-        binary = len(self.class_names) == 2
-        self.positive_index = self.metrics["test_metrics"].positive_index if binary else None
         # Operating threshold of binary tasks, chosen on validation data at every validation epoch by the
         # OperatingPoint callback (saved with the checkpoint); 0.5 until then.
         self.register_buffer("threshold", torch.tensor(0.5))
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        """The fine-tuning strategy's callback: Lightning adds it to the trainer's."""
+        callback = finetune_callback(self.finetune["mode"], self.finetune["unfreeze_at_epoch"])
+        return [] if callback is None else [callback]
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -97,7 +128,7 @@ class ClassificationModule(L.LightningModule):
         return self.net(images)
 
     # -- steps --------------------------------------------------------------------------------------------
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> dict[str, Any] | None:
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> StepOutput | None:
         images, targets = batch
         logits = self(images)
         loss = self.criterion(logits, targets)
@@ -106,8 +137,7 @@ class ClassificationModule(L.LightningModule):
             return None  # Lightning skips the optimizer step of a batch whose step returns None
         self.losses[f"{stage}_loss"].update(loss.detach(), weight=len(targets))
         self.metrics[f"{stage}_metrics"].update(logits.detach(), targets)
-        # Callbacks (figures, evaluation) read the logits from the step's output.
-        return {"loss": loss, "logits": logits.detach()}
+        return StepOutput(loss=loss, logits=logits.detach())
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         if batch_idx == 0 and self.current_epoch == 0:
@@ -118,10 +148,10 @@ class ClassificationModule(L.LightningModule):
         self.log("train/loss_step", output["loss"], prog_bar=True, on_step=True, on_epoch=False)
         return output["loss"]  # the loss alone: Lightning then has no dict of outputs to walk every step
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, Any]:
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> StepOutput | None:
         return self._step(batch, "val")
 
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, Any]:
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> StepOutput | None:
         return self._step(batch, "test")
 
     def _nonfinite_loss(self, loss: torch.Tensor) -> None:
@@ -182,24 +212,27 @@ class ClassificationModule(L.LightningModule):
 
     # -- optimisation -------------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
-        lr = _keyword(self.optimizer_factory, "lr")
-        optimizer = self.optimizer_factory(param_groups(self.net, lr, self.backbone_lr_mult))
-        if self.scheduler_cfg is None or self.scheduler_cfg.get("factory") is None:
+        config, schedule = self.hparams.optimizer, self.hparams.scheduler or {}
+        groups = param_groups(
+            self.net, config["lr"], self.finetune["backbone_lr_mult"], self.finetune["mode"]
+        )
+        optimizer = build(config)(groups)
+        if schedule.get("factory") is None:
             return optimizer
-        interval = self.scheduler_cfg.get("interval", "epoch")
+        interval = schedule.get("interval", "epoch")
         total = self.trainer.estimated_stepping_batches if interval == "step" else self.trainer.max_epochs
         if not 0 < total < float("inf"):
             raise UserError(
                 f"invalid config: trainer.max_epochs={self.trainer.max_epochs}, but this schedule needs the "
                 "length of training; allowed: max_epochs >= 1, or trainer.max_steps, or scheduler=none"
             )
-        scheduler = self.scheduler_cfg["factory"](optimizer, total_steps=int(total))
+        scheduler = build(schedule["factory"])(optimizer, total_steps=int(total))
         return {
             "optimizer": optimizer,
             "lr_scheduler": {
                 "scheduler": scheduler,
                 "interval": interval,
-                "monitor": self.scheduler_cfg.get("monitor", self.monitor),
+                "monitor": schedule.get("monitor", self.monitor),
             },
         }
 
@@ -208,7 +241,7 @@ class ClassificationModule(L.LightningModule):
         rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        checkpoint["xray_cls"] = {"config": self.config, "class_names": self.class_names, "rng": rng}
+        checkpoint.setdefault("xray_cls", {})["rng"] = rng
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         rng = checkpoint.get("xray_cls", {}).get("rng")
@@ -231,9 +264,3 @@ class _MinMetric(MaxMetric):
 
     def compute(self) -> torch.Tensor:
         return -super().compute()
-
-
-def _keyword(factory: Callable[..., Any], name: str) -> Any:
-    if isinstance(factory, partial) and name in factory.keywords:
-        return factory.keywords[name]
-    raise ValueError(f"the optimizer config must set {name}")

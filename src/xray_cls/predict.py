@@ -69,13 +69,13 @@ def predict(cfg: DictConfig, overrides: list[str]) -> Path:
     cfg = restore_config(cfg, checkpoint, overrides)
     with open_dict(cfg):
         # The class list as resolved in training: an image-folder data set need not exist where we predict.
-        cfg.data.class_names = list(checkpoint["xray_cls"]["class_names"])
+        cfg.data.class_names = list(checkpoint["hyper_parameters"]["class_names"])
     validate(cfg)
     output_dir = Path(cfg.paths.output_dir)
     write_text_atomic(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     files, base = _inputs(Path(cfg.input))
     device = _device(cfg.predict.device)
-    module = module_from_checkpoint(cfg, checkpoint).to(device).eval()
+    module = module_from_checkpoint(checkpoint).to(device).eval()
     class_names = list(module.class_names)
     positive = module.positive_index
     threshold = float(module.threshold)

@@ -21,11 +21,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from xray_cls.errors import UserError
-from xray_cls.validation import check_image_size
 
 if TYPE_CHECKING:
-    import torch
-
     from xray_cls.module import ClassificationModule
 
 log = logging.getLogger("xray_cls")
@@ -44,63 +41,10 @@ def build(node: Any, **kwargs: Any) -> Any:
         raise cause from None
 
 
-def build_module(cfg: DictConfig) -> ClassificationModule:
-    import torch
-
-    from xray_cls.module import ClassificationModule
-
-    net = build(cfg.model.net)
-    check_image_size(net, cfg.data.image_size)
-    if cfg.model.get("channels_last"):
-        net = net.to(memory_format=torch.channels_last)
-    if cfg.model.get("compile"):
-        net.compile()
-    optimizer_cfg = OmegaConf.to_container(cfg.optimizer, resolve=True)
-    backbone_lr_mult = optimizer_cfg.pop("backbone_lr_mult", 1.0)
-    scheduler = None
-    if cfg.scheduler.get("factory") is not None:
-        scheduler = {**cfg.scheduler, "factory": build(cfg.scheduler.factory)}
-    mean, std = _normalisation(cfg, net)
-    class_names = list(cfg.data.class_names)
-    return ClassificationModule(
-        net=net,
-        class_names=class_names,
-        optimizer=build(optimizer_cfg),
-        scheduler=scheduler,
-        mean=mean,
-        std=std,
-        label_smoothing=cfg.loss.label_smoothing,
-        backbone_lr_mult=backbone_lr_mult,
-        positive_index=positive_index(cfg),
-        monitor=cfg.monitor.metric,
-        monitor_mode=cfg.monitor.mode,
-        channels_last=bool(cfg.model.get("channels_last")),
-        nonfinite_loss=cfg.get("on_nonfinite_loss", "stop"),
-        config=OmegaConf.to_container(cfg, resolve=False),
-    )
-
-
-def positive_index(cfg: DictConfig) -> int | None:
-    """Index of the positive class of a binary task: ``data.positive_class``, else the last class."""
-    class_names = list(cfg.data.class_names)
-    name = cfg.data.get("positive_class")
-    if len(class_names) != 2:
-        return None
-    if name is None:
-        return 1
-    if name not in class_names:
-        raise UserError(f"data.positive_class={name!r} is not a class of the data set: {class_names}")
-    return class_names.index(name)
-
-
-def _normalisation(cfg: DictConfig, net: torch.nn.Module) -> tuple[list[float], list[float]]:
-    """Explicit model.mean/std, else the pretrained weights' own statistics, else the data set's."""
-    if cfg.model.get("mean") is not None:
-        return list(cfg.model.mean), list(cfg.model.std)
-    stats = getattr(net, "input_stats", None)
-    if stats is not None:
-        return list(stats[0]), list(stats[1])
-    return list(cfg.data.mean), list(cfg.data.std)
+def build_module(model: DictConfig) -> ClassificationModule:
+    """The LightningModule of ``model`` (``cfg.model``), instantiated from its resolved values: the module
+    builds its network, optimizer and scheduler itself, and saves these plain values as hyperparameters."""
+    return build(OmegaConf.to_container(model, resolve=True), _recursive_=False, _convert_="all")
 
 
 def instantiate_all(group: DictConfig | None) -> list[Any]:

@@ -22,14 +22,13 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from xray_cls.checkpoints import load_checkpoint, restore_config
+from xray_cls.checkpoints import RunConfig, load_checkpoint, restore_config
 from xray_cls.errors import RunInterrupted
 from xray_cls.evaluation.bootstrap import confidence_intervals
 from xray_cls.evaluation.callbacks import Collected, OperatingPoint, TestOutputs
 from xray_cls.evaluation.report import stored_threshold_how, summarize, write_run_report
 from xray_cls.hparams import log_hparams
 from xray_cls.io import write_json_atomic, write_text_atomic
-from xray_cls.models.finetune import finetune_callback
 from xray_cls.runtime import (
     build,
     build_module,
@@ -37,7 +36,7 @@ from xray_cls.runtime import (
     instantiate_all,
     seed_everything,
 )
-from xray_cls.validation import validate
+from xray_cls.validation import check_image_size, validate
 
 log = logging.getLogger("xray_cls.train")
 
@@ -50,14 +49,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     write_text_atomic(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     seed_everything(cfg)
     datamodule: L.LightningDataModule = build(cfg.data)
-    module = build_module(cfg)
+    module = build_module(cfg.model)
+    check_image_size(module.net, cfg.data.image_size)
 
-    callbacks = instantiate_all(cfg.get("callbacks"))
-    finetune = finetune_callback(
-        cfg.model.get("finetune", "full"), cfg.model.get("unfreeze_at_epoch", 1), module.backbone_lr_mult
-    )
-    if finetune is not None:
-        callbacks.append(finetune)
+    callbacks = [*instantiate_all(cfg.get("callbacks")), RunConfig(cfg)]
     figures = cfg.eval.figures
     collector = TestOutputs(figures.samples_per_class, figures.misclassified) if cfg.report else None
     if collector is not None:

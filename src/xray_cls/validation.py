@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 # The commands check a config with these rules before they import torch and Lightning (seconds), so this
 # module imports neither; the modules that act on these choices import the tuples from here.
 BALANCE_MODES = ("none", "loss_weights", "sampler")  # data.balance
-FINETUNE_STRATEGIES = ("full", "linear_probe", "gradual")  # model.finetune
+FINETUNE_STRATEGIES = ("full", "linear_probe", "gradual")  # model.finetune.mode
 THRESHOLD_METHODS = ("youden", "target_sensitivity", "fixed")  # eval.threshold
 
 _MISSING = object()
@@ -50,7 +50,6 @@ def _fold_ok(fold: Any, folds: Any) -> bool:
 
 RULES = [
     Rule("optimizer.lr", _number(lambda v: v > 0), "a number > 0"),
-    Rule("optimizer.backbone_lr_mult", _number(lambda v: v > 0), "a number > 0"),
     Rule("data.batch_size", _number(lambda v: v >= 1 and v == int(v)), "a whole number >= 1"),
     Rule("data.num_workers", _number(lambda v: v >= 0 and v == int(v)), "a whole number >= 0"),
     Rule("data.val_fraction", _number(lambda v: 0 < v < 1), "a fraction in (0, 1)"),
@@ -69,10 +68,20 @@ RULES = [
         lambda v, cfg: v is None or v in list(cfg.data.class_names),
         "null or one of data.class_names",
     ),
-    Rule("model.finetune", lambda v, _: v in FINETUNE_STRATEGIES, " | ".join(FINETUNE_STRATEGIES)),
+    Rule("model.finetune.mode", lambda v, _: v in FINETUNE_STRATEGIES, " | ".join(FINETUNE_STRATEGIES)),
+    Rule("model.finetune.unfreeze_at_epoch", lambda v, _: _whole(v, 0), "a whole number >= 0"),
+    Rule(
+        "model.finetune.backbone_lr_mult",
+        _number(lambda v: v > 0),
+        "a number > 0 (to keep the backbone fixed: model.finetune.mode=linear_probe)",
+    ),
     Rule("trainer.max_epochs", _number(lambda v: v >= 1 or v == -1), "a whole number >= 1 (or -1: no limit)"),
     Rule("loss.label_smoothing", _number(lambda v: 0 <= v < 1), "a number in [0, 1)"),
-    Rule("eval.threshold", lambda v, _: v in THRESHOLD_METHODS, " | ".join(THRESHOLD_METHODS)),
+    Rule(
+        "eval.threshold",
+        lambda v, cfg: v in THRESHOLD_METHODS or (v == "stored" and cfg.task_name != "train"),
+        f"{' | '.join(THRESHOLD_METHODS)} (eval also: stored, the checkpoint's own)",
+    ),
     Rule("eval.target_sensitivity", _number(lambda v: 0 < v <= 1), "a fraction in (0, 1]"),
     Rule("eval.fixed_threshold", _number(lambda v: 0 <= v <= 1), "a probability in [0, 1]"),
     Rule(

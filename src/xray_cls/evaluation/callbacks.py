@@ -16,7 +16,7 @@ from torchmetrics import Metric, MetricCollection
 from torchmetrics.utilities import dim_zero_cat
 
 from xray_cls.evaluation.metrics import operating_point_collection, operating_point_name
-from xray_cls.evaluation.threshold import check_method, describe, predicted_labels, select_threshold
+from xray_cls.evaluation.threshold import describe, predicted_labels, select_threshold
 
 # Where a checkpoint records how its threshold buffer was chosen (beside Lightning's own keys).
 CHECKPOINT_KEY = "operating_point"
@@ -46,13 +46,13 @@ class OperatingPoint(L.Callback):
     The threshold goes into the module's ``threshold`` buffer, which every checkpoint saves, so the best
     checkpoint carries the threshold of its own epoch; ``checkpoint["operating_point"]`` records how it was
     chosen. At test time the thresholded metrics at the stored threshold are logged as ``test/op/<name>``
-    beside the module's own ``test/<name>`` at 0.5. Multiclass tasks are left alone.
+    beside the module's own ``test/<name>`` at 0.5. Multiclass tasks are left alone. ``method="stored"``
+    (eval) keeps the threshold the checkpoint holds.
     """
 
     def __init__(
         self, method: str = "youden", target_sensitivity: float = 0.95, fixed_threshold: float = 0.5
     ) -> None:
-        check_method(method, target_sensitivity, fixed_threshold)
         self.method = method
         self.target_sensitivity = target_sensitivity
         self.fixed_threshold = fixed_threshold
@@ -72,7 +72,7 @@ class OperatingPoint(L.Callback):
     def on_validation_batch_end(
         self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
     ) -> None:
-        if self.positive is not None and not trainer.sanity_checking:
+        if self.positive is not None and self.method != "stored" and not trainer.sanity_checking:
             probs, targets = self._probs_targets(outputs, batch)
             self.val_outputs.to(probs.device).update(probs, targets)
 

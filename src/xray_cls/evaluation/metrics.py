@@ -64,7 +64,10 @@ def operating_point_name(stage: str, name: str) -> str:
 
 
 class ClassificationMetrics(nn.Module):
-    """``update(logits, targets)``, ``compute() -> {name: value}``, ``reset()`` for one stage."""
+    """``update(logits, targets)``, ``compute() -> {name: value}``, ``reset()`` for one stage.
+
+    ``positive_index``: the positive class of a binary task (its clinical metrics), None for multiclass.
+    """
 
     def __init__(
         self,
@@ -75,10 +78,9 @@ class ClassificationMetrics(nn.Module):
     ) -> None:
         super().__init__()
         num_classes = len(class_names)
-        self.binary = num_classes == 2
-        self.positive_index = (
-            (num_classes - 1 if positive_index is None else positive_index) if self.binary else 0
-        )
+        # Binary tasks name their positive class (module.positive_index); multiclass ones have none.
+        self.binary = positive_index is not None
+        self.positive_index = positive_index
         # The training stage updates every step: skip torchmetrics' per-call input checks there (labels are
         # checked once when the data set is loaded); validation and test keep them.
         multiclass = {"acc": tmc.MulticlassAccuracy(num_classes, average="micro", validate_args=full)}

@@ -84,7 +84,7 @@ def summarize(
     splits = getattr(datamodule, "splits", None) or {}
     return Summary(
         data=describe_data(cfg),
-        model=describe_model(cfg),
+        model=describe_model(module.hparams["net"]),
         checkpoint=str(Path(checkpoint).resolve())
         if checkpoint
         else "none (the weights at the end of training)",
@@ -191,10 +191,10 @@ def describe_data(cfg: DictConfig) -> str:
     return f"{name} ({cfg.data.num_channels}x{size}x{size}, classes {', '.join(cfg.data.class_names)})"
 
 
-def describe_model(cfg: DictConfig) -> str:
-    net = cfg.model.net
-    name = net._target_.rsplit(".", 1)[-1]
-    return f"{name} {net.arch}" if net.get("arch") else name
+def describe_model(net: Mapping[str, Any]) -> str:
+    """``ModernCNN``, ``TorchvisionBackbone resnet18``: the network's class, and its architecture if named."""
+    name = net["_target_"].rsplit(".", 1)[-1]
+    return f"{name} {net['arch']}" if net.get("arch") else name
 
 
 def draw_figures(

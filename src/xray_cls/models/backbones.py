@@ -20,6 +20,7 @@ from torch import nn
 from torchvision.models import VisionTransformer, get_model, get_model_weights, list_models
 
 from xray_cls.errors import UserError
+from xray_cls.models.classifier import Classifier
 
 # Smallest input side the CNNs take: their total downsampling. At 32 px the last feature map is 1x1
 # (DenseNet's and ConvNeXt's pooling and patchify layers fail below that).
@@ -32,7 +33,7 @@ _DENSENET_OLD_KEY = re.compile(
 )
 
 
-class TorchvisionBackbone(nn.Module):
+class TorchvisionBackbone(Classifier):
     """A torchvision classifier with a new head for ``num_classes`` and a stem for ``in_channels``.
 
     Args:

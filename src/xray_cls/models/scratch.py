@@ -1,7 +1,7 @@
 """CNNs trained from scratch. Each works for any channel count and any image size it can shrink.
 
-Every network exposes ``head`` (the final classifier layer, for fine-tuning strategies) and ``cam_layer``
-(the last spatial feature map, for Grad-CAM).
+Each is a :class:`~xray_cls.models.classifier.Classifier`: ``head`` is the final linear layer, ``cam_layer``
+the last spatial feature map. Too small an input is refused when the network is built.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from xray_cls.errors import UserError
+from xray_cls.models.classifier import Classifier
 
 
 def _flat_size(features: nn.Module, in_channels: int, image_size: int, name: str) -> int:
@@ -29,7 +30,7 @@ def _flat_size(features: nn.Module, in_channels: int, image_size: int, name: str
     return out.numel()
 
 
-class SimpleCNN(nn.Module):
+class SimpleCNN(Classifier):
     """Conv 32 3x3 + ReLU, max-pool 2x2, dense 64 + ReLU, dropout, dense to classes."""
 
     def __init__(self, in_channels: int, num_classes: int, image_size: int, dropout: float = 0.2) -> None:
@@ -46,7 +47,7 @@ class SimpleCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-class LeNet(nn.Module):
+class LeNet(Classifier):
     """LeNet-5: two conv blocks with max-pooling, three fully connected layers."""
 
     def __init__(self, in_channels: int, num_classes: int, image_size: int) -> None:
@@ -66,7 +67,7 @@ class LeNet(nn.Module):
         return self.classifier(self.features(x))
 
 
-class MedicalCNN(nn.Module):
+class MedicalCNN(Classifier):
     """Two conv + ReLU + max-pool blocks and two fully connected layers."""
 
     def __init__(self, in_channels: int, num_classes: int, image_size: int, hidden: int = 128) -> None:
@@ -90,7 +91,7 @@ def _conv_bn(cin: int, cout: int) -> nn.Sequential:
     )
 
 
-class ModernCNN(nn.Module):
+class ModernCNN(Classifier):
     """A small VGG-style CNN with batch norm and global average pooling (>= 99.3% on MNIST)."""
 
     def __init__(
