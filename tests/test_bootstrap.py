@@ -13,6 +13,7 @@ import torch
 from torchmetrics.functional import classification as tmf
 
 from tests.xray_fixtures import write_kaggle_tree
+from xray_cls.callbacks.outputs import Collected
 from xray_cls.evaluation.bootstrap import (
     THRESHOLDED,
     bootstrap,
@@ -20,7 +21,6 @@ from xray_cls.evaluation.bootstrap import (
     resample_metrics,
     resample_weights,
 )
-from xray_cls.evaluation.callbacks import Collected
 from xray_cls.runtime import build_module
 from xray_cls.sweep import Job, leaderboard_csv, leaderboard_table
 from xray_cls.train import train

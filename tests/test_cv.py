@@ -286,7 +286,7 @@ def test_kfold_command_runs_each_fold_and_summarises(data_dir: Path, tmp_path: P
 def test_report_names_the_validation_fold() -> None:
     from types import SimpleNamespace
 
-    from xray_cls.evaluation.report import describe_patients
+    from xray_cls.evaluation.summary import describe_patients
 
     pool = SimpleNamespace(groups=np.array(["p1", "p2"]))
     splits = {"train": SimpleNamespace(split=pool), "val": SimpleNamespace(split=pool)}

@@ -12,10 +12,10 @@ from torchmetrics.classification import BinaryRecall, BinarySpecificity
 
 from tests.conftest import QUICK
 from tests.eval_fixtures import BinaryRun, binary_run
+from xray_cls.callbacks.operating_point import CHECKPOINT_KEY
 from xray_cls.checkpoints import load_checkpoint, module_from_checkpoint
 from xray_cls.eval import evaluate
-from xray_cls.evaluation.callbacks import CHECKPOINT_KEY
-from xray_cls.evaluation.report import CAPTIONS
+from xray_cls.evaluation.report_figures import CAPTIONS
 from xray_cls.evaluation.tta import AveragedViews
 from xray_cls.train import train
 

@@ -13,10 +13,11 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader, TensorDataset
 
+from xray_cls.callbacks.finetune import backbone_modules, finetune_callback
 from xray_cls.errors import UserError
 from xray_cls.models.backbones import TorchvisionBackbone
-from xray_cls.models.finetune import backbone_modules, finetune_callback, param_groups
 from xray_cls.module import ClassificationModule
+from xray_cls.optim import param_groups
 
 RESNET18 = {
     "_target_": "xray_cls.models.backbones.TorchvisionBackbone",

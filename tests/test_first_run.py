@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import QUICK
 from xray_cls.config import packaged_dataset
 from xray_cls.data.pneumoniamnist import PneumoniaMNISTSource
-from xray_cls.evaluation.report import CAPTIONS
+from xray_cls.evaluation.report_figures import CAPTIONS
 from xray_cls.train import train
 
 REPO = Path(__file__).resolve().parents[1]

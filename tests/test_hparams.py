@@ -23,8 +23,8 @@ from tests.conftest import QUICK
 from tests.test_cli import run
 from xray_cls.config import config_dir
 from xray_cls.hparams import KEYS, hparams, varied_keys
-from xray_cls.models.finetune import param_groups
 from xray_cls.models.scratch import SimpleCNN
+from xray_cls.optim import param_groups
 from xray_cls.train import train
 
 # Named, not left to the defaults, which change.

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torchmetrics.classification import BinaryRecall, BinarySpecificity
 
+from xray_cls.callbacks.operating_point import CHECKPOINT_KEY, OperatingPoint
 from xray_cls.errors import UserError
-from xray_cls.evaluation.callbacks import CHECKPOINT_KEY, OperatingPoint
 from xray_cls.evaluation.threshold import predicted_labels, select_threshold
 from xray_cls.module import ClassificationModule
 from xray_cls.validation import validate

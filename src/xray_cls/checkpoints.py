@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -40,19 +39,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             "train it again with this version"
         )
     return checkpoint
-
-
-class RunConfig(L.Callback):
-    """Writes the run's config, as composed (interpolations kept), into every checkpoint: ``resume=``
-    restores it, and eval finds the run's data set in it."""
-
-    def __init__(self, config: DictConfig) -> None:
-        self.config = OmegaConf.to_container(config, resolve=False)
-
-    def on_save_checkpoint(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
-        checkpoint.setdefault("xray_cls", {})["config"] = self.config
 
 
 def restore_config(

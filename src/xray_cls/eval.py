@@ -28,11 +28,13 @@ import lightning as L
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from xray_cls.callbacks.operating_point import CHECKPOINT_KEY, OperatingPoint
+from xray_cls.callbacks.outputs import TestOutputs
 from xray_cls.checkpoints import load_checkpoint, module_from_checkpoint, restore_config
 from xray_cls.errors import UserError
 from xray_cls.evaluation.bootstrap import confidence_intervals
-from xray_cls.evaluation.callbacks import CHECKPOINT_KEY, OperatingPoint, TestOutputs
-from xray_cls.evaluation.report import stored_threshold_how, summarize, write_run_report
+from xray_cls.evaluation.report import write_run_report
+from xray_cls.evaluation.summary import stored_threshold_how, summarize
 from xray_cls.evaluation.tta import tta
 from xray_cls.io import write_json_atomic, write_text_atomic
 from xray_cls.runtime import build, instantiate_all, seed_everything

@@ -13,10 +13,11 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric, Metric
 
+from xray_cls.callbacks.finetune import finetune_callback
 from xray_cls.errors import UserError
 from xray_cls.evaluation.metrics import ClassificationMetrics
 from xray_cls.models.classifier import Classifier
-from xray_cls.models.finetune import finetune_callback, param_groups
+from xray_cls.optim import param_groups
 from xray_cls.runtime import build
 
 log = logging.getLogger(__name__)

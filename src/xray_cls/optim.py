@@ -1,4 +1,5 @@
-"""LR schedulers with one signature, ``(optimizer, total_steps, **options)``, so configs can swap them.
+"""The optimizer's param groups, and LR schedulers with one signature, ``(optimizer, total_steps,
+**options)``, so configs can swap them.
 
 ``total_steps`` counts scheduler steps: optimizer steps for ``interval: step``, else epochs.
 """
@@ -6,9 +7,37 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR, ReduceLROnPlateau, StepLR
+
+from xray_cls.models.classifier import Classifier
+
+
+def param_groups(
+    net: Classifier, lr: float, backbone_lr_mult: float = 1.0, mode: str = "full"
+) -> list[dict[str, Any]]:
+    """The parameters of ``net`` for the optimizer: the head's at ``lr``, the backbone's at
+    ``lr * backbone_lr_mult``.
+
+    A net that trains whole at one rate (``full``, multiplier 1) is one unnamed group: one curve,
+    ``lr-<Optimizer>``. Otherwise the groups are named ``head`` and ``backbone`` (LearningRateMonitor logs
+    them by name). A frozen backbone is in the optimizer from the start: its parameters get no gradient,
+    so the optimizer skips them until they are unfrozen, and the schedulers never meet a group added later.
+    """
+    params = list(net.parameters())
+    if mode == "full" and backbone_lr_mult == 1:
+        return [{"params": params, "lr": lr}]
+    head_ids = {id(p) for p in net.head.parameters()}
+    return [
+        {"name": "head", "params": [p for p in params if id(p) in head_ids], "lr": lr},
+        {
+            "name": "backbone",
+            "params": [p for p in params if id(p) not in head_ids],
+            "lr": lr * backbone_lr_mult,
+        },
+    ]
 
 
 def cosine(

@@ -22,11 +22,14 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from xray_cls.checkpoints import RunConfig, load_checkpoint, restore_config
+from xray_cls.callbacks.operating_point import OperatingPoint
+from xray_cls.callbacks.outputs import Collected, TestOutputs
+from xray_cls.callbacks.run_config import RunConfig
+from xray_cls.checkpoints import load_checkpoint, restore_config
 from xray_cls.errors import RunInterrupted
 from xray_cls.evaluation.bootstrap import confidence_intervals
-from xray_cls.evaluation.callbacks import Collected, OperatingPoint, TestOutputs
-from xray_cls.evaluation.report import stored_threshold_how, summarize, write_run_report
+from xray_cls.evaluation.report import write_run_report
+from xray_cls.evaluation.summary import stored_threshold_how, summarize
 from xray_cls.hparams import log_hparams
 from xray_cls.io import write_json_atomic, write_text_atomic
 from xray_cls.runtime import (

@@ -75,7 +75,7 @@ def confidence_intervals(
 ) -> dict[str, Any]:
     """The intervals of the test metrics in ``metrics``, as metrics.json keys; ``{}`` when switched off.
 
-    ``collected`` is the TestOutputs callback's :class:`~xray_cls.evaluation.callbacks.Collected` (its
+    ``collected`` is the TestOutputs callback's :class:`~xray_cls.callbacks.outputs.Collected` (its
     ``groups`` make the resampling unit the patient), ``module`` the tested ClassificationModule. Binary
     tasks get the intervals at the operating threshold (``test/op/...``) when it was applied, else at 0.5.
     Settings: ``eval.bootstrap.resamples`` (0: off) and ``eval.bootstrap.confidence``; the seed is ``seed``.

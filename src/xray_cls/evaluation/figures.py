@@ -6,7 +6,7 @@ operating threshold; multiclass tasks get one-vs-rest curves and arg-max predict
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -48,19 +48,24 @@ def confusion_matrix(
     threshold: float,
     positive: int | None,
 ) -> Figure:
-    """Counts and row-normalised rates (each true class sums to 1) side by side."""
-    n = len(class_names)
+    """The test predictions' confusion matrix (binary tasks: at the operating threshold)."""
     preds = predicted_labels(probs, threshold, positive)
-    counts = multiclass_confusion_matrix(preds, targets, n)
-    rates = multiclass_confusion_matrix(preds, targets, n, normalize="true")
-    side = _SIDE + 0.25 * n
+    counts = multiclass_confusion_matrix(preds, targets, len(class_names))
+    title = None if positive is None else f"prediction: {class_names[positive]} when p > {threshold:.3f}"
+    return confusion_figure(counts, class_names, title)
+
+
+def confusion_figure(counts: torch.Tensor, class_names: Sequence[str], title: str | None = None) -> Figure:
+    """Counts ``[true, predicted]`` and row-normalised rates (each true class sums to 1) side by side."""
+    rates = counts.float() / counts.sum(1, keepdim=True).clamp_min(1)
+    side = _SIDE + 0.25 * len(class_names)
     fig, axes = plt.subplots(1, 2, figsize=(2 * side, side), constrained_layout=True)
     plot_confusion_matrix(counts, ax=axes[0], labels=list(class_names))
     plot_confusion_matrix(rates, ax=axes[1], labels=list(class_names))
     axes[0].set_title("counts")
     axes[1].set_title("normalised by true class")
-    if positive is not None:
-        fig.suptitle(f"prediction: {class_names[positive]} when p > {threshold:.3f}")
+    if title:
+        fig.suptitle(title)
     return fig
 
 
@@ -70,7 +75,10 @@ def roc_curve(
     class_names: Sequence[str],
     threshold: float,
     positive: int | None,
+    point: Mapping[str, float] | None = None,
 ) -> Figure:
+    """One-vs-rest curves (multiclass), or the positive class's curve with the operating ``point`` (its
+    sensitivity and specificity, as the test metrics measured them)."""
     fig, ax = plt.subplots(figsize=(_SIDE, _SIDE), constrained_layout=True)
     if positive is None:
         fpr, tpr, _ = multiclass_roc(probs, targets, len(class_names))
@@ -83,8 +91,9 @@ def roc_curve(
         fpr, tpr, _ = binary_roc(p, y)
         auroc = binary_auroc(p, y)
         ax.plot(fpr, tpr, lw=1.5, label=f"AUROC {auroc:.3f}")
-        sens, spec, _, _ = _operating_point(p, y, threshold)
-        ax.plot([1 - spec], [sens], "o", color="crimson", label=f"threshold {threshold:.3f}")
+        if point:
+            x, y_point = 1 - point["specificity"], point["sensitivity"]
+            ax.plot([x], [y_point], "o", color="crimson", label=f"threshold {threshold:.3f}")
         ax.set_title(f"ROC ({class_names[positive]} positive)")
     ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1)
     ax.set(xlabel="1 - specificity (FPR)", ylabel="sensitivity (TPR)", xlim=(0, 1), ylim=(0, 1.02))
@@ -98,6 +107,7 @@ def precision_recall_curve(
     class_names: Sequence[str],
     threshold: float,
     positive: int | None,
+    point: Mapping[str, float] | None = None,
 ) -> Figure:
     fig, ax = plt.subplots(figsize=(_SIDE, _SIDE), constrained_layout=True)
     classes = range(len(class_names)) if positive is None else [positive]
@@ -110,8 +120,14 @@ def precision_recall_curve(
         )
     if positive is not None:
         p, y = probs[:, positive], (targets == positive).long()
-        sens, _, ppv, _ = _operating_point(p, y, threshold)
-        ax.plot([sens], [ppv], "o", color="crimson", label=f"threshold {threshold:.3f}")
+        if point:
+            ax.plot(
+                [point["sensitivity"]],
+                [point["ppv"]],
+                "o",
+                color="crimson",
+                label=f"threshold {threshold:.3f}",
+            )
         ax.axhline(float(y.float().mean()), ls=":", color="grey", lw=1)  # a random classifier's precision
     ax.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", xlim=(0, 1), ylim=(0, 1.02))
     ax.set_title("precision-recall" + ("" if positive is None else f" ({class_names[positive]} positive)"))
@@ -175,12 +191,3 @@ def titled_grid(images: torch.Tensor, titles: Sequence[str], columns: int, title
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
-
-
-def _operating_point(probs: torch.Tensor, targets: torch.Tensor, threshold: float) -> tuple[float, ...]:
-    """Sensitivity, specificity, PPV and NPV at ``threshold`` (positive when prob > threshold)."""
-    called = probs > threshold
-    positive = targets.bool()
-    tp, fp = (called & positive).sum().item(), (called & ~positive).sum().item()
-    fn, tn = (~called & positive).sum().item(), (~called & ~positive).sum().item()
-    return tp / max(tp + fn, 1), tn / max(tn + fp, 1), tp / max(tp + fp, 1), tn / max(tn + fn, 1)

@@ -3,33 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.loggers import Logger, TensorBoardLogger
-from matplotlib import pyplot as plt
-from matplotlib.figure import Figure
-from omegaconf import DictConfig
+from lightning.pytorch.loggers import Logger
 
-from xray_cls.evaluation import figures as draw
-from xray_cls.evaluation.callbacks import Collected
-from xray_cls.evaluation.gradcam import gradcam, overlay
+from xray_cls.callbacks.outputs import Collected
 from xray_cls.evaluation.metrics import CALIBRATION_BINS, operating_point_name
-from xray_cls.evaluation.threshold import predicted_labels
+from xray_cls.evaluation.report_figures import CAPTIONS, draw_figures, write_figures
+from xray_cls.evaluation.summary import Summary
 from xray_cls.io import write_text_atomic
-
-# File stem -> caption, in report order.
-CAPTIONS = {
-    "confusion_matrix": "Confusion matrix",
-    "roc": "ROC curve",
-    "precision_recall": "Precision-recall curve",
-    "reliability": "Reliability diagram",
-    "samples": "Test images by class",
-    "misclassified": "Most confidently misclassified test images",
-    "gradcam": "Grad-CAM of the predicted class",
-}
 
 # Metric key -> label, in table order.
 _LABELS = {
@@ -46,118 +30,6 @@ _LABELS = {
     "f1_macro": "Macro F1",
     "balanced_acc": "Balanced accuracy",
 }
-
-
-@dataclass
-class Summary:
-    """The facts at the top of the report, also written into metrics.json."""
-
-    data: str
-    model: str
-    checkpoint: str
-    test_samples: int
-    class_counts: dict[str, int]
-    threshold: float | None  # binary tasks only
-    positive_class: str | None
-    threshold_how: str | None
-    tta: str
-    # The data module's splits: images per class (train, val, test), and how patients were kept apart.
-    splits: dict[str, dict[str, int]] = field(default_factory=dict)
-    patients: str | None = None
-    card: dict[str, Any] = field(default_factory=dict)  # data.card: source, population, limitations
-
-
-def summarize(
-    cfg: DictConfig,
-    module: Any,
-    targets: torch.Tensor,
-    checkpoint: str,
-    threshold_how: str,
-    tta: str = "off",
-    datamodule: Any = None,
-) -> Summary:
-    """The report's header facts for ``module`` (a ClassificationModule) tested on ``targets``; the data facts
-    of the model card from ``datamodule`` (a ClassificationDataModule after setup)."""
-    names = list(module.class_names)
-    positive = module.positive_index
-    binary = positive is not None
-    splits = getattr(datamodule, "splits", None) or {}
-    return Summary(
-        data=describe_data(cfg),
-        model=describe_model(module.hparams["net"]),
-        checkpoint=str(Path(checkpoint).resolve())
-        if checkpoint
-        else "none (the weights at the end of training)",
-        test_samples=len(targets),
-        class_counts={name: int((targets == c).sum()) for c, name in enumerate(names)},
-        threshold=float(module.threshold) if binary else None,
-        positive_class=names[positive] if binary else None,
-        threshold_how=threshold_how if binary else None,
-        tta=tta,
-        splits={
-            name: {n: int((splits[name].labels == c).sum()) for c, n in enumerate(names)}
-            for name in _SPLITS
-            if name in splits
-        },
-        patients=describe_patients(splits, getattr(datamodule, "val_fraction", None), _fold(datamodule)),
-        card=_plain_card(getattr(datamodule, "card", None) or {}),
-    )
-
-
-_SPLITS = ("train", "val", "test")
-
-
-def _fold(datamodule: Any) -> str | None:
-    """k-fold cross-validation (data.folds): which fold is the validation split, e.g. "fold 0 of 5"."""
-    folds = getattr(datamodule, "folds", None)
-    return None if folds is None else f"fold {datamodule.fold} of {folds}"
-
-
-def describe_patients(
-    splits: Mapping[str, Any], val_fraction: float | None, fold: str | None = None
-) -> str | None:
-    """How the splits keep patients apart, from the data module's SplitViews; ``fold`` names the validation
-    fold of a k-fold run instead of ``val_fraction``."""
-    if not {"train", "val"} <= set(splits):
-        return None
-    known = splits["train"].split.groups is not None
-    carved = splits["val"].split is splits["train"].split  # val held out of the training pool
-    share = fold or ("part" if val_fraction is None else f"{val_fraction:g}")
-    if known and carved:
-        return (
-            f"Patient identifiers known: validation ({share} of the training pool, stratified) was "
-            "held out by patient, so no patient is in both; test is the data set's own split."
-        )
-    if known:
-        return "Patient identifiers known; validation and test are the data set's own splits."
-    if carved:
-        held = f"{fold} (stratified)" if fold else f"a stratified random {share}"
-        return (
-            f"No patient identifiers: validation is {held} of the training images, so one patient's images "
-            "may be in both."
-        )
-    return "No patient identifiers: the data set's own train, validation and test splits are used as given."
-
-
-def _plain_card(card: Mapping[str, Any]) -> dict[str, Any]:
-    """data.card as plain strings and lists (it arrives as a DictConfig), for metrics.json."""
-    plain: dict[str, Any] = {}
-    for key, value in card.items():
-        if value is None or isinstance(value, str):
-            plain[str(key)] = value
-        else:
-            plain[str(key)] = [str(item) for item in value]
-    return plain
-
-
-def stored_threshold_how(chosen: Mapping[str, Any] | None, when: str) -> str:
-    """How the threshold in a checkpoint was chosen (the OperatingPoint callback's record of it)."""
-    if chosen is None:
-        return "Not chosen on validation data: the checkpoint records no operating point (0.5 by default)."
-    return (
-        f"Chosen on the validation split ({chosen['validation_samples']} images) at epoch {chosen['epoch']} "
-        f"of training: {chosen['description']}. {when}"
-    )
 
 
 def write_run_report(
@@ -177,111 +49,12 @@ def write_run_report(
         float(module.threshold),
         module.positive_index,
         gradcam_per_class,
+        metrics,
     )
     paths = write_figures(figures, output_dir / "figures", loggers)
     report = output_dir / "report.md"
     write_report(report, summary, metrics, paths)
     return report
-
-
-def describe_data(cfg: DictConfig) -> str:
-    source = cfg.data.source
-    name = source.get("dataset") or source._target_.rsplit(".", 1)[-1].removesuffix("Source")
-    size = cfg.data.image_size
-    return f"{name} ({cfg.data.num_channels}x{size}x{size}, classes {', '.join(cfg.data.class_names)})"
-
-
-def describe_model(net: Mapping[str, Any]) -> str:
-    """``ModernCNN``, ``TorchvisionBackbone resnet18``: the network's class, and its architecture if named."""
-    name = net["_target_"].rsplit(".", 1)[-1]
-    return f"{name} {net['arch']}" if net.get("arch") else name
-
-
-def draw_figures(
-    collected: Collected,
-    module: torch.nn.Module,
-    class_names: Sequence[str],
-    threshold: float,
-    positive: int | None,
-    gradcam_per_class: int,
-) -> dict[str, Figure]:
-    """Every figure of the report, keyed by file stem. ``module`` must be the plain (un-augmented) model."""
-    probs, targets = collected.probs, collected.targets
-    figures = {
-        "confusion_matrix": draw.confusion_matrix(probs, targets, class_names, threshold, positive),
-        "roc": draw.roc_curve(probs, targets, class_names, threshold, positive),
-        "precision_recall": draw.precision_recall_curve(probs, targets, class_names, threshold, positive),
-        "reliability": draw.reliability_diagram(probs, targets, positive),
-    }
-    if collected.samples:
-        per_row = max(len(s) for s in collected.samples.values())
-        figures["samples"] = draw.samples_per_class(collected.samples, class_names, per_row)
-    if collected.mistakes is not None and len(collected.mistakes):
-        titles = [
-            _caption(class_names, int(t), int(pred), p)
-            for t, pred, p in zip(
-                collected.mistake_targets,
-                predicted_labels(collected.mistake_probs, threshold, positive),
-                collected.mistake_probs,
-                strict=True,
-            )
-        ]
-        figures["misclassified"] = draw.titled_grid(
-            collected.mistakes,
-            titles,
-            columns=8,
-            title="most confidently misclassified (true class least likely)",
-        )
-    if gradcam_per_class > 0 and collected.samples:
-        figures["gradcam"] = _gradcam_figure(
-            module, collected, class_names, threshold, positive, gradcam_per_class
-        )
-    return figures
-
-
-def _gradcam_figure(
-    module: torch.nn.Module,
-    collected: Collected,
-    class_names: Sequence[str],
-    threshold: float,
-    positive: int | None,
-    per_class: int,
-) -> Figure:
-    images = torch.cat([s[:per_class] for s in collected.samples.values()])
-    targets = torch.cat([torch.full((len(s[:per_class]),), c) for c, s in collected.samples.items()])
-    device = next(module.parameters()).device
-    module.eval()
-    with torch.no_grad():
-        probs = module(images.to(device)).float().softmax(-1).cpu()
-    preds = predicted_labels(probs, threshold, positive)
-    maps = gradcam(module, images, preds)
-    titles = [
-        _caption(class_names, int(t), int(p), pr) for t, p, pr in zip(targets, preds, probs, strict=True)
-    ]
-    return draw.titled_grid(
-        overlay(images, maps), titles, columns=per_class, title="Grad-CAM, predicted class"
-    )
-
-
-def _caption(class_names: Sequence[str], true: int, pred: int, probs: torch.Tensor) -> str:
-    return f"true {class_names[true]} ({probs[true]:.2f})\npred {class_names[pred]} ({probs[pred]:.2f})"
-
-
-def write_figures(
-    figures: Mapping[str, Figure], folder: Path, loggers: Sequence[Logger], step: int = 0
-) -> dict[str, Path]:
-    """Each figure as ``folder/<name>.png`` and, for each TensorBoard logger, as ``eval/<name>``."""
-    paths = {}
-    for name, fig in figures.items():
-        paths[name] = draw.save(fig, folder / f"{name}.png")
-        for logger in loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_figure(f"eval/{name}", fig, step, close=False)
-        plt.close(fig)
-    for logger in loggers:
-        if isinstance(logger, TensorBoardLogger):
-            logger.experiment.flush()  # the trainer has finalised its loggers: nothing else will flush
-    return paths
 
 
 def write_report(

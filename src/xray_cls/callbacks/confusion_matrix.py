@@ -1,33 +1,30 @@
-"""Callbacks that draw pictures of a run for TensorBoard."""
+"""Confusion matrices of the validation and test sets in TensorBoard."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import lightning as L
-import matplotlib
-
-matplotlib.use("Agg")  # no display on training machines
 import matplotlib.pyplot as plt
 from lightning.pytorch.loggers import TensorBoardLogger
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from xray_cls.evaluation.figures import confusion_figure
+from xray_cls.module import StepOutput
+
 
 class ConfusionMatrixFigure(L.Callback):
-    """A confusion matrix of the validation and test sets as a TensorBoard figure at each epoch end."""
+    """The confusion matrix of the validation and test sets (arg-max predictions) as a TensorBoard figure at
+    each epoch end, drawn as the report draws its own."""
 
-    def __init__(self, normalize: str | None = None) -> None:
-        self.normalize = normalize
+    def __init__(self) -> None:
         self.matrices: dict[str, MulticlassConfusionMatrix] = {}
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         n = len(pl_module.class_names)
-        self.matrices = {
-            s: MulticlassConfusionMatrix(n, normalize=self.normalize).to(pl_module.device)
-            for s in ("val", "test")
-        }
+        self.matrices = {s: MulticlassConfusionMatrix(n).to(pl_module.device) for s in ("val", "test")}
 
-    def _update(self, stage: str, pl_module: L.LightningModule, outputs: Any, batch: Any) -> None:
+    def _update(self, stage: str, pl_module: L.LightningModule, outputs: StepOutput, batch: Any) -> None:
         matrix = self.matrices[stage].to(pl_module.device)
         matrix.update(outputs["logits"], batch[1])
 
@@ -47,8 +44,7 @@ class ConfusionMatrixFigure(L.Callback):
         values = matrix.compute()  # every rank takes part in the sync under DDP
         loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
         if loggers and trainer.is_global_zero:
-            fig, _ = matrix.plot(val=values, labels=pl_module.class_names)
-            fig.set_size_inches(6, 6)
+            fig = confusion_figure(values, pl_module.class_names)
             for logger in loggers:
                 logger.experiment.add_figure(f"{stage}/confusion_matrix", fig, trainer.global_step)
             plt.close(fig)
