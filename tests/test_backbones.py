@@ -214,8 +214,6 @@ def test_pretrained_offline_uses_a_file_in_the_torchvision_cache(offline: Path) 
     ("change", "match"),
     [
         ({"arch": "resnet19"}, "not a torchvision classification model"),
-        ({"in_channels": 4}, "1-channel .* or 3-channel"),
-        ({"adapt_input": "tile"}, "must be 'sum' or 'repeat'"),
         ({"head": "layer4"}, r"head='layer4' names Sequential in resnet18, not a Linear"),
         ({"stem": "conv0"}, r"stem='conv0' names nothing"),
     ],
@@ -224,3 +222,17 @@ def test_wrong_options_are_user_errors(change: dict, match: str) -> None:
     options = {"num_classes": 2, "in_channels": 1, **RESNET18, **change}
     with pytest.raises(UserError, match=match):
         TorchvisionBackbone(**options)
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("data.num_channels=4", "data.num_channels=4; allowed: 1 or 3"),
+        ("model.net.adapt_input=tile", "model.net.adapt_input='tile'; allowed: sum | repeat"),
+    ],
+)
+def test_wrong_settings_are_refused_before_the_backbone_is_built(make_cfg, override: str, match: str) -> None:
+    from xray_cls.validation import validate
+
+    with pytest.raises(UserError, match=re.escape(match)):
+        validate(make_cfg("model=resnet18", "model.net.pretrained=false", override))

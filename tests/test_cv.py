@@ -12,11 +12,12 @@ from omegaconf import OmegaConf
 from tests.conftest import QUICK, SMALL
 from tests.formats import patients as _patients
 from tests.test_cli import run
+from xray_cls.crossval import cv_settings, cv_summary
 from xray_cls.data.base import SplitArrays
 from xray_cls.data.splits import grouped_stratified_kfold
 from xray_cls.errors import UserError
 from xray_cls.runtime import build
-from xray_cls.sweep import Job, Leaderboard, cv_settings, cv_summary
+from xray_cls.sweep import Job, Leaderboard
 from xray_cls.validation import validate
 
 

@@ -75,6 +75,7 @@ RULES = [
         _number(lambda v: v > 0),
         "a number > 0 (to keep the backbone fixed: model.finetune.mode=linear_probe)",
     ),
+    Rule("model.net.adapt_input", lambda v, _: v in ("sum", "repeat"), "sum | repeat"),
     Rule("trainer.max_epochs", _number(lambda v: v >= 1 or v == -1), "a whole number >= 1 (or -1: no limit)"),
     Rule("loss.label_smoothing", _number(lambda v: 0 <= v < 1), "a number in [0, 1)"),
     Rule(

@@ -83,13 +83,6 @@ class TorchvisionBackbone(Classifier):
                 f"model.net.arch={arch!r} is not a torchvision classification model; choose one of "
                 f"{', '.join(list_models(module=torchvision.models))}"
             )
-        if in_channels not in (1, 3):
-            raise UserError(
-                f"{arch} takes 1-channel (grayscale) or 3-channel (RGB) images, not {in_channels}: "
-                "convert the data set's images to one of them"
-            )
-        if adapt_input not in ("sum", "repeat"):
-            raise UserError(f"model.net.adapt_input={adapt_input!r} must be 'sum' or 'repeat'")
 
         # Weights go into the unmodified architecture, so any torchvision checkpoint fits key for key.
         self.model = get_model(arch, weights=None)
