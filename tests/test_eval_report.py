@@ -75,7 +75,7 @@ def _positive_probs(make_cfg, run: BinaryRun, split: str) -> tuple[torch.Tensor,
     module = module_from_checkpoint(checkpoint)
     images = torch.from_numpy(run.arrays[f"{split}_images"]).float().div(255)[:, None]
     with torch.no_grad():
-        probs = module.eval()(images).softmax(-1)[:, 1]
+        probs = module.eval().probabilities(images)[:, 1]
     return probs, torch.from_numpy(run.arrays[f"{split}_labels"]).long().view(-1)
 
 

@@ -131,7 +131,7 @@ def _module(class_names: list[str]) -> ClassificationModule:
 
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log")  # no Trainer here
 def test_operating_point_callback_stores_the_threshold_and_how() -> None:
-    module, callback = _module(["normal", "pneumonia"]), OperatingPoint("youden")
+    module, callback = _module(["normal", "pneumonia"]), OperatingPoint("youden", calibration="none")
     _validate(callback, module, PROBS, TARGETS)
     assert float(module.threshold) == pytest.approx((0.60 + 0.55) / 2)
     checkpoint: dict = {}
@@ -140,7 +140,7 @@ def test_operating_point_callback_stores_the_threshold_and_how() -> None:
     assert checkpoint[CHECKPOINT_KEY]["threshold"] == pytest.approx(float(module.threshold))
 
     # Validation data of one class: no ROC, so the fixed threshold, and the record says so.
-    callback = OperatingPoint("target_sensitivity", fixed_threshold=0.4)
+    callback = OperatingPoint("target_sensitivity", fixed_threshold=0.4, calibration="none")
     with pytest.warns(UserWarning, match="one class only"):
         _validate(callback, module, PROBS, torch.zeros_like(TARGETS))
     assert float(module.threshold) == pytest.approx(0.4)

@@ -29,7 +29,7 @@ class StepOutput(TypedDict):
     """What the validation and test steps return: callbacks read the batch's logits from it."""
 
     loss: torch.Tensor
-    logits: torch.Tensor  # detached, [N, C]
+    logits: torch.Tensor  # detached, [N, C], divided by the module's temperature (softmax: calibrated)
 
 
 def positive_index(class_names: Sequence[str], positive_class: str | None) -> int | None:
@@ -108,6 +108,9 @@ class ClassificationModule(L.LightningModule):
         # Operating threshold of binary tasks, chosen on validation data at every validation epoch by the
         # OperatingPoint callback (saved with the checkpoint); 0.5 until then.
         self.register_buffer("threshold", torch.tensor(0.5))
+        # Temperature scaling of the logits, fitted on validation data by the same callback (1: none).
+        # Training sees raw logits; validation, test, eval and predict calibrated ones (:meth:`calibrated`).
+        self.register_buffer("temperature", torch.tensor(1.0))
 
     def configure_callbacks(self) -> list[L.Callback]:
         """The fine-tuning strategy's callback: Lightning adds it to the trainer's."""
@@ -128,6 +131,14 @@ class ClassificationModule(L.LightningModule):
             images = images.contiguous(memory_format=torch.channels_last)
         return self.net(images)
 
+    def calibrated(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` divided by the temperature fitted on validation data: their softmax is calibrated."""
+        return logits / self.temperature
+
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """Calibrated class probabilities ``[N, C]`` of float images in [0, 1]."""
+        return self.calibrated(self(images).float()).softmax(-1)
+
     # -- steps --------------------------------------------------------------------------------------------
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> StepOutput | None:
         images, targets = batch
@@ -137,6 +148,8 @@ class ClassificationModule(L.LightningModule):
             self._nonfinite_loss(loss)
             return None  # Lightning skips the optimizer step of a batch whose step returns None
         self.losses[f"{stage}_loss"].update(loss.detach(), weight=len(targets))
+        if stage != "train":
+            logits = self.calibrated(logits)
         self.metrics[f"{stage}_metrics"].update(logits.detach(), targets)
         return StepOutput(loss=loss, logits=logits.detach())
 

@@ -94,7 +94,7 @@ def predict(cfg: DictConfig, overrides: list[str]) -> Path:
         if readable:
             x = images[readable].to(device).float().div(255)
             with torch.no_grad(), _augmented(cfg, module):
-                probs = module(x).float().softmax(-1).cpu()
+                probs = module.probabilities(x).cpu()
             preds = predicted_labels(probs, threshold, positive)
             maps = gradcam(module, x, preds) if cfg.predict.gradcam else None
             for k, j in enumerate(readable):

@@ -83,6 +83,7 @@ RULES = [
         lambda v, cfg: v in THRESHOLD_METHODS or (v == "stored" and cfg.task_name != "train"),
         f"{' | '.join(THRESHOLD_METHODS)} (eval also: stored, the checkpoint's own)",
     ),
+    Rule("eval.calibration", lambda v, _: v in ("temperature", "none"), "temperature | none"),
     Rule("eval.target_sensitivity", _number(lambda v: 0 < v <= 1), "a fraction in (0, 1]"),
     Rule("eval.fixed_threshold", _number(lambda v: 0 <= v <= 1), "a probability in [0, 1]"),
     Rule(

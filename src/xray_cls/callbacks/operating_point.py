@@ -10,6 +10,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import MetricCollection
 
 from xray_cls.callbacks.outputs import Outputs
+from xray_cls.evaluation.calibration import fit_temperature
 from xray_cls.evaluation.metrics import operating_point_collection, operating_point_name
 from xray_cls.evaluation.threshold import describe, select_threshold
 from xray_cls.module import StepOutput
@@ -29,11 +30,16 @@ class OperatingPoint(L.Callback):
     """
 
     def __init__(
-        self, method: str = "youden", target_sensitivity: float = 0.95, fixed_threshold: float = 0.5
+        self,
+        method: str = "youden",
+        target_sensitivity: float = 0.95,
+        fixed_threshold: float = 0.5,
+        calibration: str = "temperature",
     ) -> None:
         self.method = method
         self.target_sensitivity = target_sensitivity
         self.fixed_threshold = fixed_threshold
+        self.calibration = calibration
         self.positive: int | None = None
         self.val_outputs = Outputs()
         self.test_metrics: MetricCollection | None = None
@@ -51,14 +57,20 @@ class OperatingPoint(L.Callback):
         self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
     ) -> None:
         if self.positive is not None and self.method != "stored" and not trainer.sanity_checking:
-            probs, targets = self._probs_targets(outputs, batch)
-            self.val_outputs.to(probs.device).update(probs, targets)
+            logits = outputs["logits"].float()
+            self.val_outputs.to(logits.device).update(logits, batch[1])
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.positive is None or trainer.sanity_checking or not self.val_outputs.update_called:
             return
-        probs, targets = self.val_outputs.compute()
+        logits, labels = self.val_outputs.compute()
         self.val_outputs.reset()
+        if self.calibration == "temperature":
+            raw = logits * pl_module.temperature.to(logits.device)  # the steps divided them by the last fit
+            pl_module.temperature.fill_(fit_temperature(raw, labels))
+            logits = pl_module.calibrated(raw)
+            pl_module.log("val/temperature", float(pl_module.temperature))
+        probs, targets = logits.softmax(-1)[:, self.positive], (labels == self.positive).long()
         method = self.method
         if method != "fixed" and targets.min() == targets.max():
             rank_zero_warn(
@@ -76,6 +88,7 @@ class OperatingPoint(L.Callback):
             "fixed_threshold": self.fixed_threshold,
             "epoch": trainer.current_epoch,
             "validation_samples": len(targets),
+            "temperature": float(pl_module.temperature),
         }
         pl_module.log(operating_point_name("val", "threshold"), float(pl_module.threshold))
 

@@ -246,9 +246,15 @@ def _calibration_section(
     text = (
         f"Expected calibration error (ECE) {ece:.3f}: the gap between {what} ({CALIBRATION_BINS} equal-width "
         "bins), averaged with the bins' image counts as weights; 0 is perfect. Here a stated probability is "
-        f"off by about {ece * 100:.1f} percentage points on average. The probabilities are not recalibrated "
-        "after training."
+        f"off by about {ece * 100:.1f} percentage points on average. "
     )
+    if summary.temperature != 1.0:
+        text += (
+            f"The probabilities are calibrated by temperature scaling fitted on the validation split "
+            f"(logits divided by T = {summary.temperature:.3f}; T > 1 softens over-confident scores)."
+        )
+    else:
+        text += "The probabilities are not recalibrated after training."
     if "reliability" in figures:
         text += " See the reliability diagram below."
     return [*lines, text, ""]

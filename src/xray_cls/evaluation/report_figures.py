@@ -89,7 +89,7 @@ def _gradcam_figure(
     device = next(module.parameters()).device
     module.eval()
     with torch.no_grad():
-        probs = module(images.to(device)).float().softmax(-1).cpu()
+        probs = module.probabilities(images.to(device)).cpu()
     preds = predicted_labels(probs, threshold, positive)
     maps = gradcam(module, images, preds)
     titles = [

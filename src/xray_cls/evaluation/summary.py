@@ -24,6 +24,7 @@ class Summary:
     threshold: float | None  # binary tasks only
     positive_class: str | None
     threshold_how: str | None
+    temperature: float  # the logits' divisor, fitted on validation data (1: not calibrated)
     tta: str
     # The data module's splits: images per class (train, val, test), and how patients were kept apart.
     splits: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -57,6 +58,7 @@ def summarize(
         threshold=float(module.threshold) if binary else None,
         positive_class=names[positive] if binary else None,
         threshold_how=threshold_how if binary else None,
+        temperature=float(module.temperature),
         tta=tta,
         splits={
             name: {n: int((splits[name].labels == c).sum()) for c, n in enumerate(names)}
