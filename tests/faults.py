@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
+import subprocess
+import time
 
 import lightning as L
 
@@ -28,3 +31,20 @@ class NaNLossAtStep(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
             batch[0].fill_(float("nan"))
+
+
+class SlurmAtStep(L.Callback):
+    """In the first attempt of a SLURM job, once training reaches ``step``: ``command`` with the job's id
+    appended (``scancel --signal=USR2``: SLURM's warning before a time limit; ``scontrol requeue``), then wait
+    until the signal it brings has reached training, so that the run stops at this very step."""
+
+    def __init__(self, step: int, command: str) -> None:
+        self.step, self.command = step, command
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step != self.step or int(os.environ.get("SLURM_RESTART_COUNT", 0)) > 0:
+            return
+        subprocess.run([*shlex.split(self.command), os.environ["SLURM_JOB_ID"]], check=True)
+        deadline = time.monotonic() + 60
+        while not trainer.received_sigterm and time.monotonic() < deadline:
+            time.sleep(0.05)
