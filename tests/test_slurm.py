@@ -46,7 +46,9 @@ def slurm_cluster() -> None:
     except FileNotFoundError:
         states = None
     if states is None or states.returncode != 0 or not re.search(r"idle|mix|alloc", states.stdout):
-        pytest.fail("no SLURM cluster here: start the local one with `scripts/slurm-local.sh start` (as root)")
+        pytest.fail(
+            "no SLURM cluster here: start the local one with `scripts/slurm-local.sh start` (as root)"
+        )
 
 
 def _env() -> dict[str, str]:
@@ -60,7 +62,9 @@ def _sweep(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedPro
         cwd=cwd, env=_env(), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     if check and proc.returncode != 0:
-        raise AssertionError(f"sweep failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise AssertionError(
+            f"sweep failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
     return proc
 
 
@@ -154,7 +158,9 @@ def test_preempted_job_is_requeued_and_ends_like_an_unbroken_run(
         f"+callbacks.fault.command='{command}'",
         f"+callbacks.fault.wait={requeued_by == 'slurm'}",
     ]
-    _sweep(f"hydra.sweep.dir={sweep}", f"paths.data_dir={data_dir}", *SMALL, *QUICK, *LONG, *fault, cwd=tmp_path)
+    _sweep(
+        f"hydra.sweep.dir={sweep}", f"paths.data_dir={data_dir}", *SMALL, *QUICK, *LONG, *fault, cwd=tmp_path
+    )
 
     run_dir = sweep / "0"
     log = (run_dir / "train.log").read_text()

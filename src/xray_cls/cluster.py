@@ -3,10 +3,10 @@
 SLURM warns a job before its time limit, and before a preemption where the cluster is set up to: submitit's
 sbatch script asks for SIGUSR2 (``SUBMITIT_PREEMPT_SIGNAL``) ``signal_delay_s`` ahead. One party requeues:
 submitit, whose handler of that signal runs ``scontrol requeue`` (counting time limits against
-``max_num_timeout``) and exits. Here its handler is deferred: the signal first stops training at the next batch
-as SIGTERM does, which saves a complete ``checkpoints/last.ckpt``, and submitit requeues after that. Lightning's
-own SLURM requeueing (on SIGUSR1) is switched off. A bare SIGTERM (``scontrol requeue``, a preemption without
-the warning) also saves last.ckpt; SLURM itself requeues then.
+``max_num_timeout``) and exits. Here that handler is deferred: the signal first stops training at the next
+batch as SIGTERM does, which saves a complete ``checkpoints/last.ckpt``; submitit requeues after that.
+Lightning's own SLURM requeueing (on SIGUSR1) is switched off. A bare SIGTERM (``scontrol requeue``, a
+preemption without the warning) also saves last.ckpt, and SLURM itself requeues.
 
 When the job runs again, in the same run directory, ``train`` finds that last.ckpt and continues from it.
 
@@ -34,9 +34,9 @@ def in_submitit_slurm_job() -> bool:
 
 
 def own_last_checkpoint(cfg: DictConfig) -> str | None:
-    """``<run dir>/checkpoints/last.ckpt`` where an earlier attempt of this very run left one (a requeued SLURM
-    job, a re-run sweep job), else None. A new run's directory is new, so it never has one; ``resume=`` finds
-    the same file its own way."""
+    """``<run dir>/checkpoints/last.ckpt`` where an earlier attempt of this very run left one (a requeued
+    SLURM job, a re-run sweep job), else None. A new run's directory is new, so it never has one; ``resume=``
+    finds the same file its own way."""
     path = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     if cfg.get("resume") or not path.is_file():
         return None
@@ -57,8 +57,8 @@ def trainer_plugins() -> list[Any]:
 @contextmanager
 def requeue_after_checkpoint() -> Iterator[None]:
     """Around a sweep job: in a submitit SLURM job, SLURM's warning signal stops training at the next batch
-    (Lightning's SIGTERM handling saves last.ckpt), then submitit's handler requeues the job and exits. Outside
-    training there is nothing to save: submitit requeues at once. Elsewhere: nothing changes."""
+    (Lightning's SIGTERM handling saves last.ckpt), then submitit's handler requeues the job and exits.
+    Outside training there is nothing to save: submitit requeues at once. Elsewhere nothing changes."""
     if not in_submitit_slurm_job():
         yield
         return

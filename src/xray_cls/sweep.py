@@ -57,8 +57,8 @@ def same_sweep(sweep_dir: Path, overrides: list[str]) -> None:
     earlier = [str(o) for o in earlier or []]
     if sorted(earlier) != sorted(overrides):
         raise UserError(
-            f"{sweep_dir} holds a sweep of other overrides ({' '.join(earlier)}); re-run that command, or give "
-            "this sweep another hydra.sweep.dir"
+            f"{sweep_dir} holds a sweep of other overrides ({' '.join(earlier)}); re-run that command, "
+            "or give this sweep another hydra.sweep.dir"
         )
 
 
