@@ -45,7 +45,8 @@ class SlurmAtStep(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step != self.step or int(os.environ.get("SLURM_RESTART_COUNT", 0)) > 0:
             return
-        subprocess.run([*shlex.split(self.command), os.environ["SLURM_JOB_ID"]], check=True)
+        if trainer.is_global_zero:  # once for the job, however many ranks it has
+            subprocess.run([*shlex.split(self.command), os.environ["SLURM_JOB_ID"]], check=True)
         deadline = time.monotonic() + 60
         while self.wait and not trainer.received_sigterm and time.monotonic() < deadline:
             time.sleep(0.05)
