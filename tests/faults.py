@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
+import subprocess
+import time
 
 import lightning as L
 
@@ -28,3 +31,22 @@ class NaNLossAtStep(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
             batch[0].fill_(float("nan"))
+
+
+class SlurmAtStep(L.Callback):
+    """In the first attempt of a SLURM job, once training reaches ``step``: ``command`` with the job's id
+    appended (``scancel --signal=USR2``: SLURM's warning before a time limit; ``scontrol requeue``). With
+    ``wait``, training waits until the signal it brings has arrived, so that the run stops at this very step;
+    without, the signal lands wherever training has got to (mid-step, most likely)."""
+
+    def __init__(self, step: int, command: str, wait: bool = True) -> None:
+        self.step, self.command, self.wait = step, command, wait
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step != self.step or int(os.environ.get("SLURM_RESTART_COUNT", 0)) > 0:
+            return
+        if trainer.is_global_zero:  # once for the job, however many ranks it has
+            subprocess.run([*shlex.split(self.command), os.environ["SLURM_JOB_ID"]], check=True)
+        deadline = time.monotonic() + 60
+        while self.wait and not trainer.received_sigterm and time.monotonic() < deadline:
+            time.sleep(0.05)

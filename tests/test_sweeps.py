@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from tests.conftest import QUICK, SMALL
 from tests.test_cli import run
 from xray_cls.errors import RunInterrupted, UserError
-from xray_cls.sweep import Job, rank, run_trial
+from xray_cls.sweep import Job, finished_metrics, rank, run_trial, same_sweep
 
 
 def _sweep_dir(log_dir: Path) -> Path:
@@ -77,6 +77,32 @@ def test_interrupted_trial_stops_the_sweep(make_cfg) -> None:
 
 def test_trial_returns_the_best_value_of_the_monitored_metric(make_cfg) -> None:
     assert run_trial(make_cfg(), lambda cfg: {"val/acc": 0.5, "val/acc_best": 0.75}) == 0.75
+
+
+def test_only_a_job_that_finished_ok_counts_as_finished(make_cfg) -> None:
+    cfg = make_cfg()
+    run_dir = Path(cfg.paths.output_dir)
+    assert finished_metrics(cfg) is None  # nothing there yet
+    run_dir.mkdir(parents=True)
+    for written, finished in [
+        ('{"status": "failed", "error": "x"}', None),
+        ('{"status": "ok", "val/acc_best": 0.5', None),  # cut short
+        ('{"status": "ok", "val/acc_best": 0.5}', {"status": "ok", "val/acc_best": 0.5}),
+    ]:
+        (run_dir / "metrics.json").write_text(written)
+        assert finished_metrics(cfg) == finished
+
+
+def test_a_sweep_directory_takes_the_same_sweep_again_and_no_other(tmp_path: Path) -> None:
+    same_sweep(tmp_path, ["optimizer.lr=1e-3,3e-4"])  # a new directory
+    OmegaConf.save(
+        {"hydra": {"overrides": {"task": ["optimizer.lr=1e-3,3e-4", "seed=1"]}}}, tmp_path / "multirun.yaml"
+    )
+    same_sweep(tmp_path, ["seed=1", "optimizer.lr=1e-3,3e-4"])
+    with pytest.raises(
+        UserError, match=r"holds a sweep of other overrides \(optimizer.lr=1e-3,3e-4 seed=1\)"
+    ):
+        same_sweep(tmp_path, ["optimizer.lr=1e-3,3e-4,1e-4", "seed=1"])
 
 
 # -- the command line ---------------------------------------------------------------------------------------

@@ -8,18 +8,26 @@ imported at the top of this module may import those libraries (tests/test_consol
 
 from __future__ import annotations
 
+import logging
+
 import hydra
 from omegaconf import DictConfig
 
+from xray_cls.cluster import requeue_after_checkpoint
 from xray_cls.config import config_dir
 from xray_cls.runtime import command_line_overrides, is_multirun, quiet_library_noise, user_errors
-from xray_cls.sweep import objective, run_trial
+from xray_cls.sweep import finished_metrics, objective, run_trial
 from xray_cls.validation import validate
+
+log = logging.getLogger("xray_cls.train")
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
 def train_main(cfg: DictConfig) -> float | None:
     """Returns what a sweeper optimises: the best ``monitor.metric``, or None for a failed sweep job."""
+    if is_multirun() and (done := finished_metrics(cfg)) is not None:
+        log.info("skipped: %s/metrics.json says this job finished (a re-run sweep)", cfg.paths.output_dir)
+        return objective(done, cfg.monitor.metric)
     if not is_multirun() and not cfg.get("resume"):
         # A resumed run takes its config from the checkpoint: train() checks it once restored. A sweep job
         # is checked there too, so that its failure is recorded and the sweep goes on.
@@ -32,7 +40,8 @@ def train_main(cfg: DictConfig) -> float | None:
     quiet_library_noise()
     file_logs_from_rank_zero()
     if is_multirun():
-        return run_trial(cfg, train)
+        with requeue_after_checkpoint():  # on SLURM: saved at the warning signal, then requeued by submitit
+            return run_trial(cfg, train)
     with user_errors():
         metrics = train(cfg)
     return objective(metrics, cfg.monitor.metric)

@@ -36,6 +36,32 @@ def objective(metrics: Mapping[str, Any], metric: str) -> float | None:
     return float(value) if isinstance(value, int | float) else None
 
 
+def finished_metrics(cfg: DictConfig) -> dict[str, Any] | None:
+    """The metrics of a sweep job that already finished in this run directory (``status: ok``), else None.
+    Re-running a sweep in the same ``hydra.sweep.dir`` skips such jobs; failed and missing ones run again."""
+    path = Path(cfg.paths.output_dir) / "metrics.json"
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError):  # none yet, or an unreadable one: the job runs
+        return None
+    return metrics if isinstance(metrics, dict) and metrics.get("status") == "ok" else None
+
+
+def same_sweep(sweep_dir: Path, overrides: list[str]) -> None:
+    """Refuse to run a sweep in a directory that holds another sweep: job N would be skipped (or continued)
+    with results of other overrides. The earlier launch's overrides are in its ``multirun.yaml``."""
+    earlier_file = sweep_dir / "multirun.yaml"
+    if not earlier_file.is_file():
+        return
+    earlier = OmegaConf.select(OmegaConf.load(earlier_file), "hydra.overrides.task", default=None)
+    earlier = [str(o) for o in earlier or []]
+    if sorted(earlier) != sorted(overrides):
+        raise UserError(
+            f"{sweep_dir} holds a sweep of other overrides ({' '.join(earlier)}); re-run that command, "
+            "or give this sweep another hydra.sweep.dir"
+        )
+
+
 def run_trial(cfg: DictConfig, train: Callable[[DictConfig], dict[str, Any]]) -> float | None:
     """Run one job of a sweep; a failure is recorded, not raised, so that the sweep goes on.
 
@@ -175,8 +201,15 @@ class Leaderboard(Callback):
         self.fail_on_error = fail_on_error
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        try:  # a re-run sweep (the same hydra.sweep.dir) must be the same sweep
+            same_sweep(sweep_dir, [str(o) for o in config.hydra.overrides.task])
+        except UserError as err:
+            # SystemExit passes through Hydra's callback wrapper, which swallows (warns about) exceptions.
+            report_error(str(err))
+            sys.exit(err.exit_code)
         # Created before the sweeper starts, so that an Optuna study can be stored in the sweep directory.
-        Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)

@@ -26,6 +26,7 @@ from xray_cls.callbacks.operating_point import OperatingPoint
 from xray_cls.callbacks.outputs import Collected, TestOutputs
 from xray_cls.callbacks.run_config import RunConfig
 from xray_cls.checkpoints import load_checkpoint, restore_config
+from xray_cls.cluster import own_last_checkpoint, trainer_plugins
 from xray_cls.errors import RunInterrupted
 from xray_cls.evaluation.bootstrap import confidence_intervals
 from xray_cls.evaluation.report import write_run_report
@@ -47,6 +48,7 @@ log = logging.getLogger("xray_cls.train")
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit on train/val, test the best checkpoint, write ``metrics.json``; returns the final metrics."""
     cfg, resume_from = _resume(cfg)
+    resume_from = own_last_checkpoint(cfg) or resume_from  # a requeued or re-run job goes on where it stopped
     validate(cfg)
     output_dir = Path(cfg.paths.output_dir)
     write_text_atomic(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
@@ -61,7 +63,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if collector is not None:
         callbacks.append(collector)
     loggers = instantiate_all(cfg.get("logger"))
-    trainer: L.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = build(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=trainer_plugins()
+    )
 
     metrics: dict[str, Any] = {}
     if cfg.train:
