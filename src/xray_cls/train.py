@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from xray_cls.callbacks.operating_point import OperatingPoint
 from xray_cls.callbacks.outputs import Collected, TestOutputs
 from xray_cls.callbacks.run_config import RunConfig
+from xray_cls.checkpoint_io import CheckedCheckpointIO, CheckpointNotSaved
 from xray_cls.checkpoints import load_checkpoint, restore_config
 from xray_cls.errors import RunInterrupted
 from xray_cls.evaluation.bootstrap import confidence_intervals
@@ -61,7 +62,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if collector is not None:
         callbacks.append(collector)
     loggers = instantiate_all(cfg.get("logger"))
-    trainer: L.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    # A checkpoint that cannot be written stops the run (Lightning's own saving would go on silently).
+    trainer: L.Trainer = build(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[CheckedCheckpointIO()]
+    )
 
     metrics: dict[str, Any] = {}
     if cfg.train:
@@ -160,6 +164,12 @@ def _fit(
             f"Continue with: python -m xray_cls.train resume={run}",
             signal_number,
         ) from None
+    except CheckpointNotSaved as err:  # no checkpoint to test: keep what the epochs measured
+        if trainer.is_global_zero:
+            values = {k: v for k, v in scalars(trainer.callback_metrics).items() if not k.endswith("_step")}
+            measured = {"status": "failed", "error": str(err), "epoch": trainer.current_epoch, **values}
+            write_json_atomic(run / "metrics.json", measured)
+        raise
 
 
 def _resume(cfg: DictConfig) -> tuple[DictConfig, str | None]:
