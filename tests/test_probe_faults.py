@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +16,8 @@ import pytest
 
 from tests.conftest import QUICK, SMALL
 from tests.faults import without_root_privileges
+from tests.xray_fixtures import write_image
+from xray_cls.data.image_cache import load_or_build_cache
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,3 +76,83 @@ def test_unwritable_checkpoint_folder_stops_the_run_and_keeps_what_was_measured(
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "failed" and "could not be written" in metrics["error"]
     assert metrics["epoch"] == 0 and "val/acc" in metrics and "train/loss" in metrics  # the first epoch's
+
+
+# -- 2. kill -9 during the image-cache build ----------------------------------------------------------------
+_BUILD = """
+import sys
+from pathlib import Path
+from xray_cls.data.folders import list_images
+from xray_cls.data.image_cache import load_or_build_cache
+
+folder = Path(sys.argv[1])
+load_or_build_cache(list_images(folder), folder, 16, 1, Path(sys.argv[2]), workers=2)
+"""
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")  # a zombie has ended; only its exit status waits to be collected
+
+
+def _wait_for(condition: Callable[[], bool], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return condition()
+
+
+def test_killed_cache_build_leaves_no_decoder_running_and_a_later_build_removes_its_temporary_file(
+    tmp_path: Path,
+) -> None:
+    images, cache = tmp_path / "images", tmp_path / "cache"
+    for i in range(5):
+        write_image(images / f"img{i}.png", (40, 30), seed=i)
+    # A file whose reading never ends, as on a hung network mount: its decoder blocks until it is killed.
+    os.mkfifo(images / "stuck.png")
+    build = subprocess.Popen(
+        [sys.executable, "-c", _BUILD, str(images), str(cache)],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    decoders: list[int] = []
+    other_build = subprocess.Popen(["sleep", "60"])  # the process of another run building in the same folder
+    live = cache / f".images_16px_1ch_0123456789abcdef.{other_build.pid}.tmp.npy"
+    try:
+        assert _wait_for(lambda: len(_children(build.pid)) >= 2 and any(cache.glob(".*.tmp.npy")), 30)
+        decoders = _children(build.pid)
+        live.write_bytes(b"being written")
+        os.kill(build.pid, signal.SIGKILL)
+        build.wait()
+        assert _wait_for(lambda: not any(_running(pid) for pid in decoders), 5), "decoders outlived the build"
+        (stale,) = [p for p in cache.glob(".*.tmp.npy") if p != live]
+
+        (images / "stuck.png").unlink()
+        cached, kept = load_or_build_cache(sorted(images.glob("*.png")), images, 16, 1, cache, workers=1)
+        assert cached.shape == (5, 1, 16, 16) and len(kept) == 5
+        assert not stale.exists()  # the killed build's file is gone, the live one's is kept
+        assert live.read_bytes() == b"being written"
+    finally:
+        for pid in decoders:  # on failure: the orphans, which nothing else would end
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        other_build.kill()
+        other_build.wait()

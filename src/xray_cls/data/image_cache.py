@@ -7,9 +7,14 @@ output size and channel count, so any change rebuilds it and anything else reuse
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
+import logging
 import os
+import re
+import signal
+import socket
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -25,6 +30,10 @@ from xray_cls.errors import UserError
 CACHE_VERSION = 1
 _CHUNK = 64
 _SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+# Temporary files of a build: ".<stem>.<host>-<pid>[.compact].tmp.{npy,json}" (before: ".<stem>.<pid>...").
+_TEMPORARY = re.compile(r"^\.images_\w+\.(?:(?P<host>\w+)-)?(?P<pid>\d+)\.(?:compact\.)?tmp\.(?:npy|json)$")
+
+log = logging.getLogger(__name__)
 
 
 def decode_image(path: Path, image_size: int, num_channels: int) -> np.ndarray:
@@ -67,6 +76,7 @@ def load_or_build_cache(
     key = _cache_key(files, names, image_size, num_channels)
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(cache_dir)
     stem = f"images_{image_size}px_{num_channels}ch_{key[:16]}"
     npy, meta = cache_dir / f"{stem}.npy", cache_dir / f"{stem}.json"
 
@@ -164,9 +174,10 @@ def _build(
     n, tail = len(files), (num_channels, image_size, image_size)
     # A process-unique temporary name in the same folder: os.replace is then atomic, and concurrent
     # builders (one per DDP rank) never write into each other's file.
-    tmp = npy.with_name(f".{npy.stem}.{os.getpid()}.tmp.npy")
-    compact = npy.with_name(f".{npy.stem}.{os.getpid()}.compact.tmp.npy")
-    tmp_meta = meta.with_name(f".{meta.stem}.{os.getpid()}.tmp.json")
+    owner = f"{_host()}-{os.getpid()}"  # the host too: a cache folder may be shared by the nodes of a cluster
+    tmp = npy.with_name(f".{npy.stem}.{owner}.tmp.npy")
+    compact = npy.with_name(f".{npy.stem}.{owner}.compact.tmp.npy")
+    tmp_meta = meta.with_name(f".{meta.stem}.{owner}.tmp.json")
     try:
         # Only the header and the file size are set here: the decoding processes open it themselves.
         np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, *tail)).flush()
@@ -220,7 +231,7 @@ def _decode_all(
                 failed += _decode_chunk(str(tmp), start, paths, image_size, num_channels)
                 bar.update(len(paths))
         else:
-            pool = ProcessPoolExecutor(workers)
+            pool = ProcessPoolExecutor(workers, initializer=_die_with_parent, initargs=(os.getpid(),))
             try:
                 futures = {
                     pool.submit(_decode_chunk, str(tmp), start, paths, image_size, num_channels): len(paths)
@@ -232,6 +243,43 @@ def _decode_all(
             finally:
                 pool.shutdown(cancel_futures=True)  # on Ctrl-C, do not decode the rest first
     return sorted(failed)
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _remove_stale_temporaries(cache_dir: Path) -> None:
+    """Delete the temporary files of builds on this host whose process is gone (killed, e.g. by kill -9 or
+    the out-of-memory killer: a ``finally`` never ran). A live build's files, and those of other hosts
+    sharing the folder, are left alone."""
+    host = _host()
+    for entry in os.scandir(cache_dir):
+        match = _TEMPORARY.match(entry.name)
+        if match is None or match["host"] not in (None, host) or _alive(int(match["pid"])):
+            continue
+        Path(entry.path).unlink(missing_ok=True)
+        log.info("removed %s, left by a cache build (process %s) that was killed", entry.path, match["pid"])
+
+
+def _die_with_parent(parent: int) -> None:
+    """Decoder processes end with the process that started them, even when it is killed (kill -9)."""
+    try:  # Linux: the kernel sends SIGKILL to this process when its parent dies (PR_SET_PDEATHSIG)
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+    except (AttributeError, OSError):  # no prctl (macOS, Windows): the pool ends them on a normal exit
+        return
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
 
 
 def _decode_chunk(tmp: str, start: int, paths: list[str], image_size: int, num_channels: int) -> list[int]:
