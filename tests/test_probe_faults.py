@@ -156,3 +156,34 @@ def test_killed_cache_build_leaves_no_decoder_running_and_a_later_build_removes_
                 os.kill(pid, signal.SIGKILL)
         other_build.kill()
         other_build.wait()
+
+
+# -- 3. resume=<run dir> keeps the run's data location and record ------------------------------------------
+@pytest.mark.slow
+def test_resume_reads_the_data_where_the_run_did_and_a_failed_attempt_keeps_config_yaml(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    # Today's default data folder (the project root's data/) is empty: only the run knows where its data is.
+    default_root = {"XRAY_CLS_ROOT": str(tmp_path / "root")}
+    logs = tmp_path / "logs"
+    first = _run(
+        "train", *SMALL, *QUICK, f"paths.data_dir={data_dir}", f"paths.log_dir={logs}", cwd=tmp_path,
+        env=default_root,
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr[-3000:]
+    (run_dir,) = (logs / "train" / "runs").iterdir()
+    record = (run_dir / "config.yaml").read_bytes()
+
+    nowhere = tmp_path / "nowhere"
+    failed = _run(
+        "train", f"resume={run_dir}", f"paths.data_dir={nowhere}", "data.source.download=false",
+        cwd=tmp_path, env=default_root,
+    )  # fmt: skip
+    assert failed.returncode == 2 and "download=false" in _one_error_line(failed)
+    assert (run_dir / "config.yaml").read_bytes() == record  # the failed attempt did not overwrite it
+
+    resumed = _run("train", f"resume={run_dir}", "trainer.max_epochs=2", cwd=tmp_path, env=default_root)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    config = (run_dir / "config.yaml").read_text()
+    assert f"data_dir: {data_dir}\n" in config and "max_epochs: 2\n" in config
+    assert not (tmp_path / "root").exists()  # nothing looked for, downloaded or created in the default folder

@@ -19,8 +19,9 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from xray_cls.callbacks.operating_point import OperatingPoint
 from xray_cls.callbacks.outputs import Collected, TestOutputs
@@ -50,7 +51,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     cfg, resume_from = _resume(cfg)
     validate(cfg)
     output_dir = Path(cfg.paths.output_dir)
-    write_text_atomic(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    resumed = bool(cfg.get("resume"))
+    if not resumed:  # a resumed run keeps its record until this attempt has trained (see below)
+        _write_config(cfg, output_dir)
     seed_everything(cfg)
     datamodule: L.LightningDataModule = build(cfg.data)
     module = build_module(cfg.model)
@@ -71,6 +74,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.train:
         _fit(trainer, module, datamodule, resume_from, output_dir)
         metrics |= scalars(trainer.callback_metrics)
+    if resumed:  # a failed attempt leaves config.yaml as it was; Hydra keeps its config in .hydra/resumed_*/
+        _write_config(cfg, output_dir)
     if cfg.test:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
@@ -172,6 +177,10 @@ def _fit(
         raise
 
 
+def _write_config(cfg: DictConfig, output_dir: Path) -> None:
+    write_text_atomic(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+
+
 def _resume(cfg: DictConfig) -> tuple[DictConfig, str | None]:
     """``resume=<run dir>``: that run's config and last checkpoint (the command line still overrides);
     ``ckpt_path=<file>``: today's config, trained on from that checkpoint in a new run directory."""
@@ -186,8 +195,24 @@ def _resume(cfg: DictConfig) -> tuple[DictConfig, str | None]:
         stored = checkpoint["xray_cls"]["config"]
         keys = [key for key in stored if key not in ("paths", "resume", "ckpt_path")]
         cfg = restore_config(cfg, checkpoint, command_line_overrides(), keys)
+        cfg = _keep_data_dir(cfg, checkpoint, command_line_overrides())
         log.info("resuming %s from %s", cfg.resume, path)
     return cfg, str(path)
+
+
+def _keep_data_dir(cfg: DictConfig, checkpoint: dict[str, Any], overrides: list[str]) -> DictConfig:
+    """``resume=<run dir>`` reads the data where that run read it (its ``paths.data_dir``, as it resolves from
+    the checkpoint's config), not from today's default folder, unless the command line names a folder."""
+    keys = {o.key_or_group for o in OverridesParser.create().parse_overrides(overrides)}
+    if keys & {"paths", "paths.data_dir"}:
+        return cfg
+    stored = OmegaConf.select(OmegaConf.create(checkpoint["xray_cls"]["config"]), "paths.data_dir")
+    if stored is None:
+        return cfg
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.paths.data_dir = stored
+    return cfg
 
 
 def scalars(values: dict[str, Any]) -> dict[str, float]:
