@@ -16,8 +16,10 @@ import pytest
 
 from tests.conftest import QUICK, SMALL
 from tests.faults import without_root_privileges
-from tests.xray_fixtures import write_image
+from tests.xray_fixtures import write_image, write_image_folder
 from xray_cls.data.image_cache import load_or_build_cache
+from xray_cls.errors import UserError
+from xray_cls.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -187,3 +189,31 @@ def test_resume_reads_the_data_where_the_run_did_and_a_failed_attempt_keeps_conf
     config = (run_dir / "config.yaml").read_text()
     assert f"data_dir: {data_dir}\n" in config and "max_epochs: 2\n" in config
     assert not (tmp_path / "root").exists()  # nothing looked for, downloaded or created in the default folder
+
+
+# -- 4. one line instead of a traceback ---------------------------------------------------------------------
+def test_a_seed_that_is_not_a_number_is_refused(make_cfg) -> None:
+    with pytest.raises(UserError, match=r"invalid config: seed='abc'; allowed: a whole number"):
+        train(make_cfg("seed=abc"))
+
+
+def test_a_data_set_with_a_single_class_is_refused(make_cfg, tmp_path: Path) -> None:
+    write_image_folder(tmp_path / "one_class", {"cats": 6})
+    cfg = make_cfg(
+        "data=image_folder", f"data.source.path={tmp_path / 'one_class'}", "data.image_size=32",
+        "data.positive_class=null",
+    )  # fmt: skip
+    with pytest.raises(UserError, match=r"data.class_names=\['cats'\]; allowed: two or more classes"):
+        train(cfg)
+
+
+@pytest.mark.parametrize("mode", ["run", "sweep"])
+def test_a_run_directory_that_cannot_be_created_is_one_line(tmp_path: Path, mode: str) -> None:
+    blocked = tmp_path / "a_file"
+    blocked.write_text("a file where the run directory's parent should be")
+    where = ["-m", f"hydra.sweep.dir={blocked}/sweep", "seed=1,2"] if mode == "sweep" else []
+    proc = _run("train", *where, *SMALL, f"hydra.run.dir={blocked}/run", cwd=tmp_path)
+    assert proc.returncode == 2
+    line = _one_error_line(proc)
+    assert f"cannot create the run directory {blocked}/{mode}" in line and "paths.log_dir=" in line
+    assert blocked.read_text().startswith("a file")

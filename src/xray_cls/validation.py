@@ -49,6 +49,12 @@ def _fold_ok(fold: Any, folds: Any) -> bool:
 
 
 RULES = [
+    Rule("seed", lambda v, _: _whole(v, 0) and v < 2**32, "a whole number from 0 to 2**32 - 1"),
+    Rule(
+        "data.class_names",
+        lambda v, _: len(v) >= 2,
+        "two or more classes (data=image_folder: one folder per class, at least two folders)",
+    ),
     Rule("optimizer.lr", _number(lambda v: v > 0), "a number > 0"),
     Rule("data.batch_size", _number(lambda v: v >= 1 and v == int(v)), "a whole number >= 1"),
     Rule("data.num_workers", _number(lambda v: v >= 0 and v == int(v)), "a whole number >= 0"),
