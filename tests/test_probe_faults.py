@@ -9,15 +9,18 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from tests.conftest import QUICK, SMALL
 from tests.faults import without_root_privileges
-from tests.xray_fixtures import write_image, write_image_folder
-from xray_cls.data.image_cache import load_or_build_cache
+from tests.xray_fixtures import write_corrupt_image, write_image, write_image_folder
+from xray_cls.data.image_cache import decode_image, load_or_build_cache
 from xray_cls.errors import UserError
 from xray_cls.train import train
 
@@ -217,3 +220,33 @@ def test_a_run_directory_that_cannot_be_created_is_one_line(tmp_path: Path, mode
     line = _one_error_line(proc)
     assert f"cannot create the run directory {blocked}/{mode}" in line and "paths.log_dir=" in line
     assert blocked.read_text().startswith("a file")
+
+
+# -- 5, 6. nonsense accepted without a word; small ones ------------------------------------------------------
+def test_tiny_and_unreadable_images_are_left_out_with_one_warning_per_run(make_cfg, tmp_path: Path) -> None:
+    folder = tmp_path / "pets"
+    write_image_folder(folder, {"cats": 12, "dogs": 12})
+    write_image(folder / "cats" / "tiny.png", (1, 1))  # would become a flat training image
+    write_corrupt_image(folder / "dogs" / "broken.png")
+    cfg = make_cfg(
+        "data=image_folder", f"data.source.path={folder}", "data.image_size=32",
+        f"paths.data_dir={tmp_path / 'data'}",
+    )  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(cfg)  # loads each split in prepare_data and setup, for fit and again for test
+    left_out = [str(w.message) for w in caught if str(w.message).startswith("Left out")]
+    assert len(left_out) == 1, left_out
+    assert "cats/tiny.png (TooSmall: 1x1 px)" in left_out[0] and "dogs/broken.png (unreadable)" in left_out[0]
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_transparent_pixels_are_black_like_an_x_ray_background(tmp_path: Path, mode: str) -> None:
+    pixels = np.zeros((16, 16, 4), dtype=np.uint8)
+    pixels[:, :8] = (100, 100, 100, 255)  # opaque grey on the left
+    pixels[:, 8:] = (255, 255, 255, 0)  # white, fully transparent, on the right
+    path = tmp_path / "alpha.png"
+    Image.fromarray(pixels, "RGBA").convert(mode).save(path)
+    for channels in (1, 3):
+        decoded = decode_image(path, 16, channels)
+        assert (decoded[:, :, :8] == 100).all() and (decoded[:, :, 8:] == 0).all()
