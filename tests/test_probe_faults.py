@@ -250,3 +250,9 @@ def test_transparent_pixels_are_black_like_an_x_ray_background(tmp_path: Path, m
     for channels in (1, 3):
         decoded = decode_image(path, 16, channels)
         assert (decoded[:, :, :8] == 100).all() and (decoded[:, :, 8:] == 0).all()
+
+
+def test_a_validation_fraction_that_leaves_too_few_training_images_is_refused(make_cfg) -> None:
+    # About 30 images per class: 0.999 would train on 1 image of each and validate on all the others.
+    with pytest.raises(UserError, match=r"data.val_fraction=0.999 leaves class '0' 1 training and \d+ valid"):
+        train(make_cfg("data.val_fraction=0.999"))
