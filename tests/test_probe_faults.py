@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -18,10 +19,12 @@ import pytest
 from PIL import Image
 
 from tests.conftest import QUICK, SMALL
+from tests.eval_fixtures import BinaryRun, binary_run
 from tests.faults import without_root_privileges
 from tests.xray_fixtures import write_corrupt_image, write_image, write_image_folder
 from xray_cls.data.image_cache import decode_image, load_or_build_cache
 from xray_cls.errors import UserError
+from xray_cls.predict import predict
 from xray_cls.train import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -256,3 +259,41 @@ def test_a_validation_fraction_that_leaves_too_few_training_images_is_refused(ma
     # About 30 images per class: 0.999 would train on 1 image of each and validate on all the others.
     with pytest.raises(UserError, match=r"data.val_fraction=0.999 leaves class '0' 1 training and \d+ valid"):
         train(make_cfg("data.val_fraction=0.999"))
+
+
+@pytest.fixture(scope="session")
+def binary(tmp_path_factory: pytest.TempPathFactory) -> BinaryRun:
+    return binary_run(tmp_path_factory)
+
+
+def _predict(make_cfg, run: BinaryRun, out: Path, inputs: Path) -> Path:
+    args = [f"ckpt_path={run.best}", "predict.num_workers=0", f"input={inputs}"]
+    return predict(make_cfg(f"paths.output_dir={out}", *args, config_name="predict"), args)
+
+
+def test_predict_fails_when_no_input_could_be_read(make_cfg, binary: BinaryRun, tmp_path: Path) -> None:
+    inputs = tmp_path / "inputs"
+    write_corrupt_image(inputs / "a.png", "garbage")
+    write_corrupt_image(inputs / "b.jpeg", "truncated")
+    with pytest.raises(UserError, match=r"none of the 2 input files could be read, nothing was predicted"):
+        _predict(make_cfg, binary, tmp_path / "out", inputs)
+    assert (tmp_path / "out" / "predictions.csv").read_text().count("Error") == 2  # each file's reason kept
+
+
+def test_predict_warns_about_inputs_unlike_the_training_images(
+    make_cfg, binary: BinaryRun, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    rng = np.random.default_rng(0)
+    # Trained on 28 px grey X-rays: a colour photograph and a large grey image do not look like them.
+    Image.fromarray(rng.integers(0, 256, (200, 300, 3), dtype=np.uint8), "RGB").save(inputs / "photo.jpeg")
+    write_image(inputs / "large_grey.png", (300, 200))
+    Image.fromarray(binary.arrays["test_images"][0], "L").save(inputs / "xray.png")  # like the training data
+    write_image(inputs / "grey_as_rgb.jpeg", (28, 28), "RGB")  # grey pixels stored as RGB: not colour
+    with caplog.at_level(logging.WARNING, logger="xray_cls"):
+        _predict(make_cfg, binary, tmp_path / "out", inputs)
+    (warning,) = [r.getMessage() for r in caplog.records if "do not look like" in r.getMessage()]
+    assert warning.startswith("2 of 4 inputs do not look like the images the model was trained on")
+    assert "photo.jpeg: colour, the model was trained on grey images" in warning
+    assert "large_grey.png: 300x200 px, far larger than the 28 px trained on" in warning
