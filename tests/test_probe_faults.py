@@ -10,12 +10,14 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from tests.conftest import QUICK, SMALL
@@ -297,3 +299,30 @@ def test_predict_warns_about_inputs_unlike_the_training_images(
     assert warning.startswith("2 of 4 inputs do not look like the images the model was trained on")
     assert "photo.jpeg: colour, the model was trained on grey images" in warning
     assert "large_grey.png: 300x200 px, far larger than the 28 px trained on" in warning
+
+
+def test_a_file_that_is_not_a_checkpoint_is_called_so(make_cfg, tmp_path: Path) -> None:
+    notes = tmp_path / "notes.ckpt"
+    notes.write_text("my notes about the run\n")
+    with pytest.raises(UserError) as err:
+        train(make_cfg(f"ckpt_path={notes}"))
+    message = str(err.value)
+    assert f"{notes} is not a checkpoint" in message and "truncated" not in message and "mmap" not in message
+
+
+def test_offline_a_too_small_image_size_is_refused_before_any_download(
+    make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    downloads: list[str] = []
+
+    def offline(url: object, *args: object, **kwargs: object) -> None:  # the network boundary
+        downloads.append(str(url))
+        raise urllib.error.URLError("[Errno 101] Network is unreachable")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no cached weights
+    monkeypatch.setattr(torch.hub, "urlopen", offline)
+    cfg = make_cfg("model=resnet18", "data.image_size=8", f"paths.data_dir={tmp_path / 'none'}")
+    assert cfg.model.net.pretrained
+    with pytest.raises(UserError, match=r"data.image_size=8; allowed for this model: >= 32"):
+        train(cfg)
+    assert downloads == []

@@ -128,12 +128,16 @@ def _check_accelerator(accelerator: str) -> None:
 
 def check_image_size(net: nn.Module, image_size: int) -> None:
     """Backbones declare the input sizes they accept; scratch CNNs check themselves when built."""
-    fixed = getattr(net, "fixed_image_size", None)
+    fixed, smallest = getattr(net, "fixed_image_size", None), getattr(net, "min_image_size", None)
+    check_size_limits(image_size, fixed, smallest)
+
+
+def check_size_limits(image_size: int, fixed: int | None, smallest: int | None) -> None:
+    """``data.image_size`` against the only size a model takes (``fixed``) or the smallest one."""
     if fixed is not None and image_size != fixed:
         raise UserError(
             f"invalid config: data.image_size={image_size}; allowed for this model: exactly {fixed}"
         )
-    smallest = getattr(net, "min_image_size", None)
     if smallest is not None and image_size < smallest:
         raise UserError(
             f"invalid config: data.image_size={image_size}; allowed for this model: >= {smallest}"
