@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -60,14 +61,22 @@ def _one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
 
 
 # -- 1. a checkpoint that cannot be written ---------------------------------------------------------------
+def _file_size_limit() -> None:
+    """``preexec_fn``: no file over 1 MiB, as on a full disk or a quota (a checkpoint here is about 5 MiB)."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # then a write past the limit fails with EFBIG
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+
 @pytest.mark.slow
-def test_unwritable_checkpoint_folder_stops_the_run_and_keeps_what_was_measured(
-    data_dir: Path, tmp_path: Path
+@pytest.mark.parametrize("fault", ["read_only", "full"])
+def test_a_checkpoint_that_cannot_be_written_stops_the_run_and_keeps_what_was_measured(
+    data_dir: Path, tmp_path: Path, fault: str
 ) -> None:
     run_dir = tmp_path / "run"
     checkpoints = run_dir / "checkpoints"
     checkpoints.mkdir(parents=True)
-    checkpoints.chmod(0o555)  # read-only; the subprocess runs without root's power to ignore that
+    if fault == "read_only":
+        checkpoints.chmod(0o555)  # the subprocess runs without root's power to ignore that
     proc = _run(
         "train",
         *SMALL,
@@ -76,13 +85,14 @@ def test_unwritable_checkpoint_folder_stops_the_run_and_keeps_what_was_measured(
         f"hydra.run.dir={run_dir}",
         "trainer.max_epochs=2",
         cwd=tmp_path,
-        preexec_fn=without_root_privileges,
+        preexec_fn=without_root_privileges if fault == "read_only" else _file_size_limit,
     )
     assert proc.returncode == 2, proc.stderr[-3000:]
     line = _one_error_line(proc)
-    assert f"checkpoint {checkpoints}/epoch_000.ckpt could not be written (Permission denied)" in line
-    assert "writable" in line
-    assert list(checkpoints.iterdir()) == []
+    reason = "Permission denied" if fault == "read_only" else "File too large"
+    assert f"checkpoint {checkpoints}/epoch_000.ckpt could not be written ({reason})" in line
+    assert "writable or free space" in line
+    assert list(checkpoints.iterdir()) == []  # nothing half written either
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "failed" and "could not be written" in metrics["error"]
     assert metrics["epoch"] == 0 and "val/acc" in metrics and "train/loss" in metrics  # the first epoch's
