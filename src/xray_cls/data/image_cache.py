@@ -71,9 +71,9 @@ def load_or_build_cache(
     """The decoded images of ``files`` (read-only memory map) and the indices into ``files`` they hold.
 
     Files that cannot be decoded, or are far smaller than ``image_size`` (see ``MAX_UPSCALE``), are left out,
-    with one warning per process naming them; the returned indices say
-    which files the array rows are. ``root`` only makes the cache key independent of where the data
-    set lives. ``workers`` processes decode in parallel (default: every CPU this process may use).
+    with one warning per process naming them; the returned indices say which files the array rows are.
+    ``root`` only makes the cache key independent of where the data set lives. ``workers`` processes decode
+    in parallel (default: every CPU this process may use).
     """
     _mode(num_channels)
     files = [Path(f) for f in files]
@@ -117,7 +117,10 @@ _REPORTED: set[str] = set()  # caches whose left-out files this process has warn
 
 
 def _short(why: str) -> str:
-    return why.split(",")[0] if why.startswith(TooSmall.__name__) else "unreadable"
+    """``too small: 1x1 px`` or ``unreadable``; the sidecar keeps the whole reason."""
+    if why.startswith(f"{TooSmall.__name__}: "):
+        return "too small: " + why.removeprefix(f"{TooSmall.__name__}: ").split(",")[0]
+    return "unreadable"
 
 
 def _mode(num_channels: int) -> str:

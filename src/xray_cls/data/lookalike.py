@@ -35,6 +35,7 @@ def is_colour(img: Image.Image) -> bool:
     """Colour pixels, not grey ones stored as RGB (as many X-ray JPEGs are)."""
     if img.mode not in ("RGB", "RGBA", "P", "PA", "CMYK", "YCbCr"):
         return False
+    img.draft("RGB", (64, 64))  # JPEG: decoded at a fraction of its size, enough to judge its colours
     small = img.convert("RGB")
     small.thumbnail((64, 64))
     pixels = np.asarray(small, dtype=np.int16)
