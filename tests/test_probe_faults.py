@@ -98,6 +98,23 @@ def test_a_checkpoint_that_cannot_be_written_stops_the_run_and_keeps_what_was_me
     assert metrics["epoch"] == 0 and "val/acc" in metrics and "train/loss" in metrics  # the first epoch's
 
 
+@pytest.mark.slow
+def test_in_a_sweep_the_failed_job_keeps_what_was_measured(data_dir: Path, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    checkpoints = sweep / "0" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    checkpoints.chmod(0o555)
+    proc = _run(
+        "train", "-m", *SMALL, *QUICK, f"paths.data_dir={data_dir}", f"hydra.sweep.dir={sweep}", "seed=1",
+        "trainer.max_epochs=2", cwd=tmp_path, preexec_fn=without_root_privileges,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-3000:]  # the sweep's "a job failed"
+    assert "job failed: checkpoint" in proc.stderr and "(Permission denied)" in proc.stderr
+    metrics = json.loads((sweep / "0" / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and "could not be written" in metrics["error"]
+    assert metrics["epoch"] == 0 and "val/acc" in metrics
+
+
 # -- 2. kill -9 during the image-cache build ----------------------------------------------------------------
 _BUILD = """
 import sys

@@ -15,7 +15,12 @@ from xray_cls.errors import UserError
 
 
 class CheckpointNotSaved(UserError):
-    """A checkpoint file could not be written: training stops at the first such failure."""
+    """A checkpoint file could not be written: training stops at the first such failure.
+
+    ``measured``: the metrics of the epochs before it, which the failed run's metrics.json keeps.
+    """
+
+    measured: dict[str, Any] = {}  # set per instance by train._fit
 
 
 class CheckedCheckpointIO(TorchCheckpointIO):

@@ -172,8 +172,8 @@ def _fit(
     except CheckpointNotSaved as err:  # no checkpoint to test: keep what the epochs measured
         if trainer.is_global_zero:
             values = {k: v for k, v in scalars(trainer.callback_metrics).items() if not k.endswith("_step")}
-            measured = {"status": "failed", "error": str(err), "epoch": trainer.current_epoch, **values}
-            write_json_atomic(run / "metrics.json", measured)
+            err.measured = {"epoch": trainer.current_epoch, **values}  # a sweep's record keeps them too
+            write_json_atomic(run / "metrics.json", {"status": "failed", "error": str(err), **err.measured})
         raise
 
 
