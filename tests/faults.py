@@ -50,3 +50,21 @@ class SlurmAtStep(L.Callback):
         deadline = time.monotonic() + 60
         while self.wait and not trainer.received_sigterm and time.monotonic() < deadline:
             time.sleep(0.05)
+
+
+def without_root_privileges() -> None:
+    """``preexec_fn`` of a subprocess: file permissions apply to it even when the tests run as root.
+
+    Root ignores a folder's mode through the capabilities CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH; dropping
+    them from the bounding set before ``exec`` leaves the new process without them, still as uid 0, so it
+    can run the root-owned interpreter and read the test's files. Nothing to drop for other users.
+    """
+    if os.geteuid() != 0:
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_capbset_drop, cap_dac_override, cap_dac_read_search = 24, 1, 2  # <linux/prctl.h>, <linux/capability.h>
+    for capability in (cap_dac_override, cap_dac_read_search):
+        if libc.prctl(pr_capbset_drop, capability, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")

@@ -54,7 +54,8 @@ def test_every_torchvision_config_is_tested() -> None:
 def test_config_builds_a_trainable_backbone(make_cfg, arch: str, in_channels: int) -> None:
     register_resolvers()
     data = "mnist" if in_channels == 1 else "cifar10"
-    cfg = make_cfg(f"model={arch}", f"data={data}", "model.net.pretrained=false")
+    # Built without the data set's image size (28 or 32 px, too small for some): fed its own smallest below.
+    cfg = make_cfg(f"model={arch}", f"data={data}", "model.net.pretrained=false", "model.net.image_size=null")
     assert cfg.model.finetune.mode == "full" and cfg.model.mean is None and cfg.model.compile is False
     net = instantiate(cfg.model.net)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -203,9 +205,28 @@ def test_unreadable_files_are_left_out_with_one_warning(tmp_path: Path) -> None:
     assert images.shape[0] == 6
     for row, index in enumerate(kept):
         assert np.array_equal(images[row], decode_image(mixed[index], 16, 1))
-    # Reusing the cache reports the same files again, still once, without decoding anything.
+    # Reusing the cache in the same process (a run loads each split more than once) does not repeat the
+    # warning; a later run, a new process, reports the same files again, without decoding anything.
     _, kept_again, caught = _load(mixed, data, workers=1)
-    assert np.array_equal(kept, kept_again) and len(caught) == 1 and "Left out 3" in caught[0]
+    assert np.array_equal(kept, kept_again) and caught == []
+    later_run = subprocess.run(
+        [sys.executable, "-c", _LOAD, str(data), str(data / "cache"), *map(str, mixed)],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        capture_output=True,
+        text=True,
+    )
+    assert later_run.returncode == 0 and later_run.stderr.count("Left out 3 of 9") == 1, later_run.stderr
+    assert "Decoding" not in later_run.stderr
+
+
+_LOAD = """
+import sys
+from pathlib import Path
+from xray_cls.data.image_cache import load_or_build_cache
+
+root, cache, *files = sys.argv[1:]
+load_or_build_cache([Path(f) for f in files], Path(root), 16, 1, Path(cache), workers=1)
+"""
 
 
 def test_nothing_readable_is_a_user_error(tmp_path: Path) -> None:

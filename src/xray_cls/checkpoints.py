@@ -16,6 +16,7 @@ from xray_cls.module import ClassificationModule
 
 # What a checkpoint decides about a run; paths, trainer and loggers come from where it is evaluated.
 RESTORED_KEYS = ("data", "model", "loss", "monitor", "optimizer", "scheduler", "seed")
+ZIP_SIGNATURE = b"PK\x03\x04"  # the first bytes of every zip archive
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -25,11 +26,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise UserError(
             f"checkpoint {path} does not exist: give the path of a .ckpt file (or resume=<a run directory>)"
         )
+    _check_zip_signature(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:
+        first = str(err).split(". ")[0]  # torch goes on with advice about saving, not about this file
         raise UserError(
-            f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); is it truncated?"
+            f"checkpoint {path} cannot be read ({type(err).__name__}: {first}); is it truncated? Copy it "
+            "again, or use another checkpoint of the run"
         ) from None
     if "config" not in checkpoint.get("xray_cls", {}) or "state_dict" not in checkpoint:
         raise UserError(f"checkpoint {path} was not written by xray_cls.train (it has no run config)")
@@ -39,6 +43,18 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             "train it again with this version"
         )
     return checkpoint
+
+
+def _check_zip_signature(path: Path) -> None:
+    """torch.save writes a zip archive: anything else is another kind of file, not a damaged checkpoint."""
+    with path.open("rb") as f:
+        start = f.read(4)
+    if start != ZIP_SIGNATURE:
+        what = "an empty file" if not start else f"{path.stat().st_size} bytes starting with {start!r}"
+        raise UserError(
+            f"{path} is not a checkpoint ({what}; a checkpoint is the zip archive torch.save writes): give "
+            "a .ckpt file from a run's checkpoints/ folder"
+        )
 
 
 def restore_config(

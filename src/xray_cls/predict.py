@@ -33,6 +33,7 @@ from tqdm import tqdm
 from xray_cls.checkpoints import load_checkpoint, module_from_checkpoint, restore_config
 from xray_cls.data.folders import list_images
 from xray_cls.data.image_cache import decode_image
+from xray_cls.data.lookalike import unlike_training
 from xray_cls.errors import UserError
 from xray_cls.evaluation.gradcam import gradcam, overlay
 from xray_cls.evaluation.threshold import predicted_labels
@@ -44,23 +45,25 @@ log = logging.getLogger("xray_cls.predict")
 
 
 class ImageFiles(Dataset):
-    """``(uint8 [C, S, S], error message or "", index)`` per file, decoded as the image cache decodes
-    training images (shorter side resized to S, centre crop, gray or RGB); an unreadable file gives a blank
-    image and its error instead of failing the batch."""
+    """``(uint8 [C, S, S], error message or "", index, how it differs from the training images or "")`` per
+    file, decoded as the image cache decodes training images (shorter side resized to S, centre crop, gray or
+    RGB); an unreadable file gives a blank image and its error instead of failing the batch."""
 
-    def __init__(self, files: list[Path], image_size: int, num_channels: int) -> None:
+    def __init__(self, files: list[Path], image_size: int, num_channels: int, fixed_size: bool) -> None:
         self.files, self.image_size, self.num_channels = files, image_size, num_channels
+        self.fixed_size = fixed_size  # trained on arrays of exactly image_size px (see data.lookalike)
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, str, int]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, str, int, str]:
         try:
             image = torch.tensor(decode_image(self.files[i], self.image_size, self.num_channels))
-            return image, "", i
+            note = unlike_training(self.files[i], self.image_size, self.num_channels, self.fixed_size)
+            return image, "", i, note
         except Exception as err:  # PIL fails in many ways (unidentified, truncated, bombs): all reported
             blank = torch.zeros(self.num_channels, self.image_size, self.image_size, dtype=torch.uint8)
-            return blank, f"{type(err).__name__}: {err}".replace("\n", " "), i
+            return blank, f"{type(err).__name__}: {err}".replace("\n", " "), i, ""
 
 
 def predict(cfg: DictConfig, overrides: list[str]) -> Path:
@@ -79,16 +82,20 @@ def predict(cfg: DictConfig, overrides: list[str]) -> Path:
     class_names = list(module.class_names)
     positive = module.positive_index
     threshold = float(module.threshold)
+    # Sources that decode files themselves take the size to decode to (data.source.image_size).
+    fixed_size = "image_size" not in cfg.data.source
     loader = DataLoader(
-        ImageFiles(files, cfg.data.image_size, cfg.data.num_channels),
+        ImageFiles(files, cfg.data.image_size, cfg.data.num_channels, fixed_size),
         batch_size=cfg.predict.batch_size,
         num_workers=cfg.predict.num_workers,
         pin_memory=device.type == "cuda",
     )
 
     rows: list[dict[str, str]] = []
-    for images, errors, indices in tqdm(loader, desc="predict", unit="batch"):
+    unlike: list[tuple[Path, str]] = []
+    for images, errors, indices, notes in tqdm(loader, desc="predict", unit="batch"):
         batch_files = [files[int(i)] for i in indices]
+        unlike += [(file, note) for file, note in zip(batch_files, notes, strict=True) if note]
         batch_rows = [_row(file, class_names, error) for file, error in zip(batch_files, errors, strict=True)]
         readable = [j for j, error in enumerate(errors) if not error]
         if readable:
@@ -111,12 +118,29 @@ def predict(cfg: DictConfig, overrides: list[str]) -> Path:
     path = output_dir / "predictions.csv"
     write_text_atomic(path, _csv(rows, class_names, cfg.predict.gradcam))
     failed = [r for r in rows if r["error"]]
+    if len(failed) == len(rows):
+        raise UserError(
+            f"none of the {len(rows)} input files could be read, nothing was predicted: see the error "
+            f"column of {path}"
+        )
     if failed:
         log.warning(
             "%d of %d files could not be read; see the error column of %s", len(failed), len(rows), path
         )
+    _warn_unlike_training(unlike, len(rows))
     log.info("predictions for %d files: %s", len(rows), path)
     return path
+
+
+def _warn_unlike_training(unlike: list[tuple[Path, str]], total: int) -> None:
+    if not unlike:
+        return
+    listed = "; ".join(f"{file.name}: {note}" for file, note in unlike[:5])
+    log.warning(
+        "%d of %d inputs do not look like the images the model was trained on, and its answers on them "
+        "cannot be trusted (%s%s)",
+        len(unlike), total, listed, " ..." if len(unlike) > 5 else "",
+    )  # fmt: skip
 
 
 def _inputs(path: Path) -> tuple[list[Path], Path]:

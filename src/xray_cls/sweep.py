@@ -93,7 +93,8 @@ def run_trial(cfg: DictConfig, train: Callable[[DictConfig], dict[str, Any]]) ->
         log_file = Path(cfg.paths.output_dir) / f"{cfg.task_name}.log"
         report_error(f"job failed: {message}; the sweep goes on (traceback in {log_file})", err)
         if rank_zero_only.rank == 0:
-            failed = {**metrics, "status": "failed", "error": f"{type(err).__name__}: {err}"}
+            measured = getattr(err, "measured", {})  # the epochs' metrics, before a checkpoint failed
+            failed = {**measured, **metrics, "status": "failed", "error": f"{type(err).__name__}: {err}"}
             write_json_atomic(Path(cfg.paths.output_dir) / "metrics.json", failed)
     else:
         return value

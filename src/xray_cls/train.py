@@ -19,12 +19,14 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from xray_cls.callbacks.operating_point import OperatingPoint
 from xray_cls.callbacks.outputs import Collected, TestOutputs
 from xray_cls.callbacks.run_config import RunConfig
+from xray_cls.checkpoint_io import CheckedCheckpointIO, CheckpointNotSaved
 from xray_cls.checkpoints import load_checkpoint, restore_config
 from xray_cls.cluster import own_last_checkpoint, trainer_plugins
 from xray_cls.errors import RunInterrupted
@@ -51,7 +53,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     resume_from = own_last_checkpoint(cfg) or resume_from  # a requeued or re-run job goes on where it stopped
     validate(cfg)
     output_dir = Path(cfg.paths.output_dir)
-    write_text_atomic(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    resumed = bool(cfg.get("resume"))
+    if not resumed:  # a resumed run keeps its record until this attempt has trained (see below)
+        _write_config(cfg, output_dir)
     seed_everything(cfg)
     datamodule: L.LightningDataModule = build(cfg.data)
     module = build_module(cfg.model)
@@ -63,14 +67,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if collector is not None:
         callbacks.append(collector)
     loggers = instantiate_all(cfg.get("logger"))
-    trainer: L.Trainer = build(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=trainer_plugins()
-    )
+    # A checkpoint that cannot be written stops the run (Lightning's own saving would go on silently).
+    # On SLURM, Lightning's environment without its auto-requeue (xray_cls.cluster).
+    plugins = [CheckedCheckpointIO(), *trainer_plugins()]
+    trainer: L.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
 
     metrics: dict[str, Any] = {}
     if cfg.train:
         _fit(trainer, module, datamodule, resume_from, output_dir)
         metrics |= scalars(trainer.callback_metrics)
+    if resumed:  # a failed attempt leaves config.yaml as it was; Hydra keeps its config in .hydra/resumed_*/
+        _write_config(cfg, output_dir)
     if cfg.test:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
@@ -164,6 +171,16 @@ def _fit(
             f"Continue with: python -m xray_cls.train resume={run}",
             signal_number,
         ) from None
+    except CheckpointNotSaved as err:  # no checkpoint to test: keep what the epochs measured
+        if trainer.is_global_zero:
+            values = {k: v for k, v in scalars(trainer.callback_metrics).items() if not k.endswith("_step")}
+            err.measured = {"epoch": trainer.current_epoch, **values}  # a sweep's record keeps them too
+            write_json_atomic(run / "metrics.json", {"status": "failed", "error": str(err), **err.measured})
+        raise
+
+
+def _write_config(cfg: DictConfig, output_dir: Path) -> None:
+    write_text_atomic(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
 
 def _resume(cfg: DictConfig) -> tuple[DictConfig, str | None]:
@@ -180,8 +197,24 @@ def _resume(cfg: DictConfig) -> tuple[DictConfig, str | None]:
         stored = checkpoint["xray_cls"]["config"]
         keys = [key for key in stored if key not in ("paths", "resume", "ckpt_path")]
         cfg = restore_config(cfg, checkpoint, command_line_overrides(), keys)
+        cfg = _keep_data_dir(cfg, checkpoint, command_line_overrides())
         log.info("resuming %s from %s", cfg.resume, path)
     return cfg, str(path)
+
+
+def _keep_data_dir(cfg: DictConfig, checkpoint: dict[str, Any], overrides: list[str]) -> DictConfig:
+    """``resume=<run dir>`` reads the data where that run read it (its ``paths.data_dir``, as it resolves from
+    the checkpoint's config), not from today's default folder, unless the command line names a folder."""
+    keys = {o.key_or_group for o in OverridesParser.create().parse_overrides(overrides)}
+    if keys & {"paths", "paths.data_dir"}:
+        return cfg
+    stored = OmegaConf.select(OmegaConf.create(checkpoint["xray_cls"]["config"]), "paths.data_dir")
+    if stored is None:
+        return cfg
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.paths.data_dir = stored
+    return cfg
 
 
 def scalars(values: dict[str, Any]) -> dict[str, float]:

@@ -49,6 +49,12 @@ def _fold_ok(fold: Any, folds: Any) -> bool:
 
 
 RULES = [
+    Rule("seed", lambda v, _: _whole(v, 0) and v < 2**32, "a whole number from 0 to 2**32 - 1"),
+    Rule(
+        "data.class_names",
+        lambda v, _: len(v) >= 2,
+        "two or more classes (data=image_folder: one folder per class, at least two folders)",
+    ),
     Rule("optimizer.lr", _number(lambda v: v > 0), "a number > 0"),
     Rule("data.batch_size", _number(lambda v: v >= 1 and v == int(v)), "a whole number >= 1"),
     Rule("data.num_workers", _number(lambda v: v >= 0 and v == int(v)), "a whole number >= 0"),
@@ -122,12 +128,16 @@ def _check_accelerator(accelerator: str) -> None:
 
 def check_image_size(net: nn.Module, image_size: int) -> None:
     """Backbones declare the input sizes they accept; scratch CNNs check themselves when built."""
-    fixed = getattr(net, "fixed_image_size", None)
+    fixed, smallest = getattr(net, "fixed_image_size", None), getattr(net, "min_image_size", None)
+    check_size_limits(image_size, fixed, smallest)
+
+
+def check_size_limits(image_size: int, fixed: int | None, smallest: int | None) -> None:
+    """``data.image_size`` against the only size a model takes (``fixed``) or the smallest one."""
     if fixed is not None and image_size != fixed:
         raise UserError(
             f"invalid config: data.image_size={image_size}; allowed for this model: exactly {fixed}"
         )
-    smallest = getattr(net, "min_image_size", None)
     if smallest is not None and image_size < smallest:
         raise UserError(
             f"invalid config: data.image_size={image_size}; allowed for this model: >= {smallest}"

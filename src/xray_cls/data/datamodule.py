@@ -93,6 +93,24 @@ def _training_pool(loaded: Mapping[str, SplitArrays]) -> SplitArrays:
     )
 
 
+def _check_carved_split(
+    labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, class_names: list[str], fraction: float
+) -> None:
+    """Refuse a validation split carved by ``data.val_fraction`` that leaves a class without a validation
+    image, or with fewer training than validation images: the model would learn from a handful of images,
+    or be judged on a class it is never shown."""
+    train_counts = np.bincount(labels[train_idx], minlength=len(class_names))
+    val_counts = np.bincount(labels[val_idx], minlength=len(class_names))
+    for name, n_train, n_val in zip(class_names, train_counts, val_counts, strict=False):
+        if n_train + n_val and (n_val == 0 or n_train < n_val):
+            raise UserError(
+                f"data.val_fraction={fraction} leaves class {name!r} {n_train} training and {n_val} "
+                "validation images; each class needs at least one validation image and at least as many "
+                "training as validation images: lower data.val_fraction (0.1 is usual), or add images of "
+                "that class (a class whose images are all one patient's cannot be validated)"
+            )
+
+
 class ClassificationDataModule(L.LightningDataModule):
     def __init__(
         self,
@@ -164,6 +182,7 @@ class ClassificationDataModule(L.LightningDataModule):
             train_idx, val_idx = grouped_stratified_split(
                 train.labels, train.groups, self.val_fraction, self.seed
             )
+            _check_carved_split(train.labels, train_idx, val_idx, self.class_names, self.val_fraction)
             splits["train"], splits["val"] = SplitView(train, train_idx), SplitView(train, val_idx)
         for name, split in splits.items():
             bad = set(np.unique(split.labels).tolist()) - set(range(len(self.class_names)))

@@ -21,6 +21,7 @@ from torchvision.models import VisionTransformer, get_model, get_model_weights, 
 
 from xray_cls.errors import UserError
 from xray_cls.models.classifier import Classifier
+from xray_cls.validation import check_size_limits
 
 # Smallest input side the CNNs take: their total downsampling. At 32 px the last feature map is 1x1
 # (DenseNet's and ConvNeXt's pooling and patchify layers fail below that).
@@ -52,6 +53,8 @@ class TorchvisionBackbone(Classifier):
             the RGB weights summed over the channels (as timm's ``adapt_input_conv``). ``repeat``: keep the
             RGB stem and repeat the gray channel three times in ``forward``. Both compute the same function
             (the stem is linear); ``sum`` is cheaper, ``repeat`` keeps the checkpoint's stem untouched.
+        image_size: the input side it will be fed (``data.image_size``), checked before any weights are
+            downloaded; ``None``: not checked here.
 
     Attributes read by the rest of the framework:
         head: the new head module (the only part a linear probe trains).
@@ -76,6 +79,7 @@ class TorchvisionBackbone(Classifier):
         weights_path: str | None = None,
         dropout: float = 0.0,
         adapt_input: Literal["sum", "repeat"] = "sum",
+        image_size: int | None = None,
     ) -> None:
         super().__init__()
         if arch not in list_models(module=torchvision.models):
@@ -93,6 +97,12 @@ class TorchvisionBackbone(Classifier):
             raise UserError(
                 f"model.net.stem={stem!r} of {arch} takes {stem_conv.in_channels} channels, not 3"
             )
+        self.fixed_image_size: int | None = None
+        self.min_image_size = CNN_MIN_IMAGE_SIZE
+        if isinstance(self.model, VisionTransformer):
+            self.fixed_image_size = self.min_image_size = self.model.image_size
+        if image_size is not None:  # refused before a download that would be wasted (or fail offline)
+            check_size_limits(image_size, self.fixed_image_size, self.min_image_size)
         default_weights = get_model_weights(arch).DEFAULT
         if weights_path is not None:
             _load_checked(self.model, _read_state_dict(Path(weights_path), arch), arch, weights_path)
@@ -114,11 +124,6 @@ class TorchvisionBackbone(Classifier):
             mean, std = list(preset.mean), list(preset.std)
             # The data set normalises what it feeds, 1 channel here (a repeat happens after normalising).
             self.input_stats = ([sum(mean) / 3], [sum(std) / 3]) if in_channels == 1 else (mean, std)
-
-        self.fixed_image_size: int | None = None
-        self.min_image_size = CNN_MIN_IMAGE_SIZE
-        if isinstance(self.model, VisionTransformer):
-            self.fixed_image_size = self.min_image_size = self.model.image_size
 
     # Properties rather than attributes: registering the modules twice would duplicate them in state dicts.
     @property
