@@ -11,7 +11,7 @@ import torch
 from torchmetrics.classification import BinaryRecall, BinarySpecificity
 
 from tests.conftest import QUICK
-from tests.eval_fixtures import BinaryRun, binary_run
+from tests.eval_fixtures import BINARY_DATA, BinaryRun, binary_run
 from xray_cls.callbacks.operating_point import CHECKPOINT_KEY
 from xray_cls.checkpoints import load_checkpoint, module_from_checkpoint
 from xray_cls.eval import evaluate
@@ -153,3 +153,14 @@ def test_eval_of_an_empty_test_split_is_a_clear_error(make_cfg, run: BinaryRun, 
             f"ckpt_path={run.best}",
             "trainer.limit_test_batches=0",
         )
+
+
+def test_eval_reads_the_data_where_training_did(make_cfg, run: BinaryRun, tmp_path: Path) -> None:
+    # The command line names no data folder: the fixture's default folder (empty) must not be used.
+    overrides = [*BINARY_DATA, f"ckpt_path={run.best}"]
+    cfg = make_cfg(f"paths.output_dir={tmp_path / 'eval'}", *overrides, config_name="eval")
+    assert cfg.paths.data_dir != str(run.data_root)
+    metrics = evaluate(cfg, [*QUICK, *overrides])
+    assert metrics["test_samples"] == 24
+    recorded = (tmp_path / "eval" / "config.yaml").read_text()
+    assert f"data_dir: {run.data_root}" in recorded

@@ -79,11 +79,15 @@ def test_trial_returns_the_best_value_of_the_monitored_metric(make_cfg) -> None:
     assert run_trial(make_cfg(), lambda cfg: {"val/acc": 0.5, "val/acc_best": 0.75}) == 0.75
 
 
-def test_only_a_job_that_finished_ok_counts_as_finished(make_cfg) -> None:
+def test_only_a_job_that_finished_ok_with_this_config_counts_as_finished(make_cfg) -> None:
     cfg = make_cfg()
     run_dir = Path(cfg.paths.output_dir)
     assert finished_metrics(cfg) is None  # nothing there yet
     run_dir.mkdir(parents=True)
+    (run_dir / "metrics.json").write_text('{"status": "ok", "val/acc_best": 0.5}')
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(make_cfg("optimizer.lr=0.5"), resolve=True))
+    assert finished_metrics(cfg) is None  # another job's result (a resumed Optuna study's trial numbers)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     for written, finished in [
         ('{"status": "failed", "error": "x"}', None),
         ('{"status": "ok", "val/acc_best": 0.5', None),  # cut short
@@ -175,3 +179,21 @@ def test_optuna_sweep_tells_failed_trials_and_reports_the_best(data_dir: Path, t
     study = optuna.load_study(study_name="train", storage=f"sqlite:///{sweep / 'optuna.db'}")
     states = sorted(t.state.name for t in study.trials)
     assert states == ["COMPLETE", "COMPLETE", "FAIL"]
+
+
+def test_only_an_earlier_attempt_of_the_same_job_is_continued(make_cfg, monkeypatch) -> None:
+    from xray_cls.cluster import own_last_checkpoint
+
+    cfg = make_cfg()
+    run_dir = Path(cfg.paths.output_dir)
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.ckpt").write_text("not a checkpoint: loading it would be an error")
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    assert own_last_checkpoint(cfg) is None  # a single run written into a used folder starts afresh
+
+    monkeypatch.setenv("SLURM_JOB_ID", "7")  # a requeued SLURM job: it goes on from its own last.ckpt
+    with pytest.raises(UserError, match="last.ckpt"):
+        own_last_checkpoint(cfg)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(make_cfg("optimizer.lr=0.5"), resolve=True))
+    assert own_last_checkpoint(cfg) is None  # another job's folder
+    assert own_last_checkpoint(make_cfg("ckpt_path=/elsewhere.ckpt")) is None

@@ -60,17 +60,24 @@ def _check_zip_signature(path: Path) -> None:
 def restore_config(
     cfg: DictConfig, checkpoint: dict[str, Any], overrides: Sequence[str], keys: Sequence[str] = RESTORED_KEYS
 ) -> DictConfig:
-    """``cfg`` with the checkpoint's config under ``keys``, then the command line's overrides on top."""
+    """``cfg`` with the checkpoint's config under ``keys``, then the command line's overrides on top.
+
+    The data are read where the run read them (its ``paths.data_dir``, as it resolves from the checkpoint's
+    config), not from today's default folder, unless the command line names a folder (``paths...``)."""
     stored = OmegaConf.create(checkpoint["xray_cls"]["config"])
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
     restored = cfg.copy()
     with open_dict(restored):
         for key in keys:
             if key in stored:
                 restored[key] = stored[key]
-        for override in OverridesParser.create().parse_overrides(list(overrides)):
+        for override in parsed:
             key = override.key_or_group
             if key.split(".")[0] in keys:
                 OmegaConf.update(restored, key, OmegaConf.select(cfg, key), merge=False)
+        data_dir = OmegaConf.select(stored, "paths.data_dir")
+        if data_dir is not None and not any(o.key_or_group.split(".")[0] == "paths" for o in parsed):
+            restored.paths.data_dir = data_dir
     return restored
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +33,25 @@ def in_submitit_slurm_job() -> bool:
     return os.environ.get("SUBMITIT_EXECUTOR") == "slurm"
 
 
+def same_run(cfg: DictConfig) -> bool:
+    """Whether the run directory's ``config.yaml`` records this very config: an earlier attempt of the same
+    job (requeued, or a re-run sweep), not another run written into the same folder."""
+    try:
+        recorded = (Path(cfg.paths.output_dir) / "config.yaml").read_text()
+    except OSError:
+        return False
+    return recorded == OmegaConf.to_yaml(cfg, resolve=True)
+
+
 def own_last_checkpoint(cfg: DictConfig) -> str | None:
-    """``<run dir>/checkpoints/last.ckpt`` where an earlier attempt of this very run left one (a requeued
-    SLURM job, a re-run sweep job), else None. A new run's directory is new, so it never has one; ``resume=``
-    finds the same file its own way."""
+    """``<run dir>/checkpoints/last.ckpt`` where an earlier attempt of this very job left one (a requeued
+    SLURM job, a re-run sweep job), else None. Only sweep jobs and SLURM jobs look, and only when their run
+    directory records the same config; ``resume=`` and ``ckpt_path=`` say themselves where to go on from."""
+    from xray_cls.runtime import is_multirun
+
     path = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-    if cfg.get("resume") or not path.is_file():
+    job = is_multirun() or "SLURM_JOB_ID" in os.environ
+    if not job or cfg.get("resume") or cfg.get("ckpt_path") or not path.is_file() or not same_run(cfg):
         return None
     from xray_cls.checkpoints import load_checkpoint
 

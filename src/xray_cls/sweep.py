@@ -22,6 +22,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from xray_cls.cluster import same_run
 from xray_cls.crossval import write_cv_summary
 from xray_cls.errors import RunInterrupted, UserError
 from xray_cls.io import write_json_atomic, write_text_atomic
@@ -37,8 +38,12 @@ def objective(metrics: Mapping[str, Any], metric: str) -> float | None:
 
 
 def finished_metrics(cfg: DictConfig) -> dict[str, Any] | None:
-    """The metrics of a sweep job that already finished in this run directory (``status: ok``), else None.
-    Re-running a sweep in the same ``hydra.sweep.dir`` skips such jobs; failed and missing ones run again."""
+    """The metrics of a sweep job that already finished in this run directory (``status: ok``) with this very
+    config, else None. Re-running a sweep in the same ``hydra.sweep.dir`` skips such jobs; failed and missing
+    ones run again, and so does a job whose folder holds another config (an Optuna study resumed there
+    numbers its new trials from 0 again)."""
+    if not same_run(cfg):
+        return None
     path = Path(cfg.paths.output_dir) / "metrics.json"
     try:
         metrics = json.loads(path.read_text())

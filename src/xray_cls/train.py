@@ -19,9 +19,8 @@ from typing import Any
 
 import lightning as L
 import torch
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from xray_cls.callbacks.operating_point import OperatingPoint
 from xray_cls.callbacks.outputs import Collected, TestOutputs
@@ -197,24 +196,8 @@ def _resume(cfg: DictConfig) -> tuple[DictConfig, str | None]:
         stored = checkpoint["xray_cls"]["config"]
         keys = [key for key in stored if key not in ("paths", "resume", "ckpt_path")]
         cfg = restore_config(cfg, checkpoint, command_line_overrides(), keys)
-        cfg = _keep_data_dir(cfg, checkpoint, command_line_overrides())
         log.info("resuming %s from %s", cfg.resume, path)
     return cfg, str(path)
-
-
-def _keep_data_dir(cfg: DictConfig, checkpoint: dict[str, Any], overrides: list[str]) -> DictConfig:
-    """``resume=<run dir>`` reads the data where that run read it (its ``paths.data_dir``, as it resolves from
-    the checkpoint's config), not from today's default folder, unless the command line names a folder."""
-    keys = {o.key_or_group for o in OverridesParser.create().parse_overrides(overrides)}
-    if keys & {"paths", "paths.data_dir"}:
-        return cfg
-    stored = OmegaConf.select(OmegaConf.create(checkpoint["xray_cls"]["config"]), "paths.data_dir")
-    if stored is None:
-        return cfg
-    cfg = cfg.copy()
-    with open_dict(cfg):
-        cfg.paths.data_dir = stored
-    return cfg
 
 
 def scalars(values: dict[str, Any]) -> dict[str, float]:
