@@ -126,6 +126,10 @@ def test_averaged_views_average_the_softmax() -> None:
         expected = torch.stack([net(v).softmax(-1) for v in views]).mean(0)
         assert torch.allclose(tta(images).softmax(-1), expected, atol=1e-6)
     assert torch.equal(AveragedViews(net, True, 8).views(images)[1], images.flip(-1))
+    # With a temperature: the module divides by it, and gets the average of the calibrated softmaxes.
+    tta = AveragedViews(net, hflip=True, image_size=8, temperature=2.0)
+    expected = torch.stack([(net(v) / 2).softmax(-1) for v in tta.views(images)]).mean(0)
+    assert torch.allclose((tta(images) / 2).softmax(-1), expected, atol=1e-6)
 
 
 def test_multiclass_eval_has_no_threshold_and_one_vs_rest_curves(make_cfg, tmp_path: Path) -> None:

@@ -15,7 +15,8 @@ from PIL import Image, ImageFilter
 from torchvision import transforms
 
 from tests.xray_fixtures import write_corrupt_image, write_image
-from xray_cls.data.image_cache import decode_image, load_or_build_cache
+from xray_cls.data.decode import decode_image
+from xray_cls.data.image_cache import load_or_build_cache
 from xray_cls.errors import UserError
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tests.xray_fixtures import write_image, write_image_folder
-from xray_cls.data.image_cache import decode_image
+from xray_cls.data.decode import decode_image
 from xray_cls.data.image_folder import ImageFolderSource, class_folders
 from xray_cls.errors import UserError
 

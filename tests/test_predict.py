@@ -75,18 +75,21 @@ def test_folder_predictions_with_a_corrupt_file(
         assert row["predicted"] == ("pneumonia" if probs[1] > stored else "normal")
 
 
+@pytest.mark.parametrize("calibration", ["temperature", "none"])
 def test_probabilities_match_the_model_on_the_data_set(
-    make_cfg, run: BinaryRun, folder: Path, tmp_path: Path
+    make_cfg, run: BinaryRun, folder: Path, tmp_path: Path, calibration: str
 ) -> None:
     """Files the size of the data set's images are read exactly as the data module feeds them."""
     from xray_cls.checkpoints import module_from_checkpoint
 
-    rows = _predict(make_cfg, run, tmp_path / "out", f"input={folder}")
+    rows = _predict(make_cfg, run, tmp_path / "out", f"input={folder}", f"eval.calibration={calibration}")
     checkpoint = load_checkpoint(run.best)
     module = module_from_checkpoint(checkpoint)
     images = torch.from_numpy(run.arrays["test_images"][:4]).float().div(255)[:, None]
     temperature = float(checkpoint["state_dict"]["temperature"])
-    assert temperature != 1.0  # fitted on validation data in training: predict must apply it
+    assert temperature != 1.0  # fitted on validation data in training: predict must apply it...
+    if calibration == "none":
+        temperature = 1.0  # ...unless told not to
     with torch.no_grad():
         expected = (module.eval()(images) / temperature).softmax(-1)
     got = {Path(r["file"]).name: r["prob_pneumonia"] for r in rows}

@@ -25,7 +25,8 @@ from tests.conftest import QUICK, SMALL
 from tests.eval_fixtures import BinaryRun, binary_run
 from tests.faults import without_root_privileges
 from tests.xray_fixtures import write_corrupt_image, write_image, write_image_folder
-from xray_cls.data.image_cache import decode_image, load_or_build_cache
+from xray_cls.data.decode import decode_image
+from xray_cls.data.image_cache import load_or_build_cache
 from xray_cls.errors import UserError
 from xray_cls.predict import predict
 from xray_cls.train import train

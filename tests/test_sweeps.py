@@ -192,7 +192,7 @@ def test_only_an_earlier_attempt_of_the_same_job_is_continued(make_cfg, monkeypa
     assert own_last_checkpoint(cfg) is None  # a single run written into a used folder starts afresh
 
     monkeypatch.setenv("SLURM_JOB_ID", "7")  # a requeued SLURM job: it goes on from its own last.ckpt
-    with pytest.raises(UserError, match="last.ckpt"):
+    with pytest.raises(UserError, match=r"last\.ckpt"):
         own_last_checkpoint(cfg)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(make_cfg("optimizer.lr=0.5"), resolve=True))
     assert own_last_checkpoint(cfg) is None  # another job's folder

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from fsspec.implementations.local import LocalFileSystem
@@ -20,7 +22,7 @@ class CheckpointNotSaved(UserError):
     ``measured``: the metrics of the epochs before it, which the failed run's metrics.json keeps.
     """
 
-    measured: dict[str, Any] = {}  # set per instance by train._fit
+    measured: Mapping[str, Any] = MappingProxyType({})  # read-only default; train._fit sets its own
 
 
 class CheckedCheckpointIO(TorchCheckpointIO):

@@ -81,8 +81,9 @@ def restore_config(
     return restored
 
 
-def module_from_checkpoint(checkpoint: dict[str, Any]) -> ClassificationModule:
-    """The trained module, rebuilt from the checkpoint's hyperparameters alone."""
+def module_from_checkpoint(checkpoint: dict[str, Any], calibrated: bool = True) -> ClassificationModule:
+    """The trained module, rebuilt from the checkpoint's hyperparameters alone; with ``calibrated=False``
+    (``eval.calibration=none``) its stored temperature is not applied."""
     hparams = copy.deepcopy(dict(checkpoint["hyper_parameters"]))
     # The checkpoint holds the weights: never download pretrained ones only to overwrite them.
     if "pretrained" in hparams["net"]:
@@ -94,4 +95,6 @@ def module_from_checkpoint(checkpoint: dict[str, Any]) -> ClassificationModule:
         raise UserError(
             f"checkpoint does not fit the model {hparams['net']['_target_']}: {str(err)[:500]}"
         ) from None
+    if not calibrated:
+        module.temperature.fill_(1.0)
     return module

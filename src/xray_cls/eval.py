@@ -52,7 +52,7 @@ def evaluate(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     write_text_atomic(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     seed_everything(cfg)
     datamodule: L.LightningDataModule = build(cfg.data)
-    module = module_from_checkpoint(checkpoint)
+    module = module_from_checkpoint(checkpoint, calibrated=cfg.eval.calibration != "none")
     positive = module.positive_index
     loggers = instantiate_all(cfg.get("logger"))
     figures_cfg = cfg.eval.figures

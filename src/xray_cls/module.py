@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 STAGES = ("train", "val", "test")
 
 
+Batch = tuple[torch.Tensor, torch.Tensor]  # float images [N, C, H, W] in [0, 1], class indices [N]
+
+
 class StepOutput(TypedDict):
     """What the validation and test steps return: callbacks read the batch's logits from it."""
 

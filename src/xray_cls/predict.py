@@ -31,8 +31,8 @@ from torchvision.utils import save_image
 from tqdm import tqdm
 
 from xray_cls.checkpoints import load_checkpoint, module_from_checkpoint, restore_config
+from xray_cls.data.decode import decode_image
 from xray_cls.data.folders import list_images
-from xray_cls.data.image_cache import decode_image
 from xray_cls.data.lookalike import unlike_training
 from xray_cls.errors import UserError
 from xray_cls.evaluation.gradcam import gradcam, overlay
@@ -78,7 +78,8 @@ def predict(cfg: DictConfig, overrides: list[str]) -> Path:
     write_text_atomic(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     files, base = _inputs(Path(cfg.input))
     device = _device(cfg.predict.device)
-    module = module_from_checkpoint(checkpoint).to(device).eval()
+    module = module_from_checkpoint(checkpoint, calibrated=cfg.eval.calibration != "none")
+    module = module.to(device).eval()
     class_names = list(module.class_names)
     positive = module.positive_index
     threshold = float(module.threshold)

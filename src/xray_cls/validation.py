@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from xray_cls.errors import UserError
 
 if TYPE_CHECKING:
-    from torch import nn
+    from xray_cls.models.classifier import Classifier
 
 # The commands check a config with these rules before they import torch and Lightning (seconds), so this
 # module imports neither; the modules that act on these choices import the tuples from here.
@@ -126,10 +126,9 @@ def _check_accelerator(accelerator: str) -> None:
         )
 
 
-def check_image_size(net: nn.Module, image_size: int) -> None:
-    """Backbones declare the input sizes they accept; scratch CNNs check themselves when built."""
-    fixed, smallest = getattr(net, "fixed_image_size", None), getattr(net, "min_image_size", None)
-    check_size_limits(image_size, fixed, smallest)
+def check_image_size(net: Classifier, image_size: int) -> None:
+    """The input sizes a network declares it accepts (scratch CNNs also check themselves when built)."""
+    check_size_limits(image_size, net.fixed_image_size, net.min_image_size)
 
 
 def check_size_limits(image_size: int, fixed: int | None, smallest: int | None) -> None:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import lightning as L
 import matplotlib.pyplot as plt
 from lightning.pytorch.loggers import TensorBoardLogger
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from xray_cls.evaluation.figures import confusion_figure
-from xray_cls.module import StepOutput
+from xray_cls.module import Batch, StepOutput
 
 
 class ConfusionMatrixFigure(L.Callback):
@@ -24,17 +22,31 @@ class ConfusionMatrixFigure(L.Callback):
         n = len(pl_module.class_names)
         self.matrices = {s: MulticlassConfusionMatrix(n).to(pl_module.device) for s in ("val", "test")}
 
-    def _update(self, stage: str, pl_module: L.LightningModule, outputs: StepOutput, batch: Any) -> None:
+    def _update(self, stage: str, pl_module: L.LightningModule, outputs: StepOutput, batch: Batch) -> None:
         matrix = self.matrices[stage].to(pl_module.device)
         matrix.update(outputs["logits"], batch[1])
 
     def on_validation_batch_end(
-        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: StepOutput,
+        batch: Batch,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
         if not trainer.sanity_checking:
             self._update("val", pl_module, outputs, batch)
 
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+    def on_test_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: StepOutput,
+        batch: Batch,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         self._update("test", pl_module, outputs, batch)
 
     def _draw(self, stage: str, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -13,7 +13,7 @@ from xray_cls.callbacks.outputs import Outputs
 from xray_cls.evaluation.calibration import fit_temperature
 from xray_cls.evaluation.metrics import operating_point_collection, operating_point_name
 from xray_cls.evaluation.threshold import describe, select_threshold
-from xray_cls.module import StepOutput
+from xray_cls.module import Batch, StepOutput
 
 # Where a checkpoint records how its threshold buffer was chosen (beside Lightning's own keys).
 CHECKPOINT_KEY = "operating_point"
@@ -48,13 +48,19 @@ class OperatingPoint(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.positive = pl_module.positive_index
 
-    def _probs_targets(self, outputs: StepOutput, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def _probs_targets(self, outputs: StepOutput, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         probs = outputs["logits"].float().softmax(-1)[:, self.positive]
         return probs, (batch[1] == self.positive).long()
 
     # -- validation: choose ---------------------------------------------------------------------------
     def on_validation_batch_end(
-        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: StepOutput,
+        batch: Batch,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
         if self.positive is not None and self.method != "stored" and not trainer.sanity_checking:
             logits = outputs["logits"].float()
@@ -109,7 +115,15 @@ class OperatingPoint(L.Callback):
             threshold = float(pl_module.threshold)
             self.test_metrics = operating_point_collection("test", threshold).to(pl_module.device)
 
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+    def on_test_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: StepOutput,
+        batch: Batch,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         if self.test_metrics is not None:
             self.test_metrics.update(*self._probs_targets(outputs, batch))
 

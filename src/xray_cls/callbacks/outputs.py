@@ -15,7 +15,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from xray_cls.evaluation.threshold import predicted_labels
-from xray_cls.module import StepOutput
+from xray_cls.module import Batch, StepOutput
 
 
 class Outputs(Metric):
@@ -74,7 +74,13 @@ class TestOutputs(L.Callback):
         self._positive = pl_module.positive_index
 
     def on_test_batch_end(
-        self, trainer, pl_module, outputs: StepOutput, batch, batch_idx, dataloader_idx=0
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: StepOutput,
+        batch: Batch,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
         images, targets = batch
         probs = outputs["logits"].float().softmax(-1)

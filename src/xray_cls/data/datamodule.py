@@ -17,7 +17,12 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from xray_cls.data.base import DataSource, SplitArrays
 from xray_cls.data.device_batches import DeviceBatches
-from xray_cls.data.splits import grouped_stratified_kfold, grouped_stratified_split
+from xray_cls.data.splits import (
+    check_carved_split,
+    grouped_stratified_kfold,
+    grouped_stratified_split,
+    training_pool,
+)
 from xray_cls.data.transforms import batch_augmentation, item_augmentation
 from xray_cls.errors import UserError
 
@@ -62,53 +67,6 @@ class ArrayDataset(Dataset):
         if self.transform is not None:
             image = self.transform(image)
         return image, int(self.view.split.labels[j])
-
-
-def _training_pool(loaded: Mapping[str, SplitArrays]) -> SplitArrays:
-    """What k-fold cross-validation folds: the train split, plus the data set's own val split where it has
-    one (copied into one array). Where only one of them names patients, each image of the other is its own
-    group."""
-    train, val = loaded["train"], loaded.get("val")
-    if val is None:
-        return train
-    log.info(
-        "k-fold: the data set's val split (%d) joins train (%d) in the pool that is folded",
-        len(val),
-        len(train),
-    )
-    groups = None
-    if train.groups is not None or val.groups is not None:
-        groups = np.concatenate(
-            [
-                np.asarray(split.groups).astype(str)
-                if split.groups is not None
-                else np.array([f"{name}#{i}" for i in range(len(split))])
-                for name, split in (("train", train), ("val", val))
-            ]
-        )
-    return SplitArrays(
-        np.concatenate([np.asarray(train.images), np.asarray(val.images)]),
-        np.concatenate([train.labels, val.labels]),
-        groups,
-    )
-
-
-def _check_carved_split(
-    labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, class_names: list[str], fraction: float
-) -> None:
-    """Refuse a validation split carved by ``data.val_fraction`` that leaves a class without a validation
-    image, or with fewer training than validation images: the model would learn from a handful of images,
-    or be judged on a class it is never shown."""
-    train_counts = np.bincount(labels[train_idx], minlength=len(class_names))
-    val_counts = np.bincount(labels[val_idx], minlength=len(class_names))
-    for name, n_train, n_val in zip(class_names, train_counts, val_counts, strict=False):
-        if n_train + n_val and (n_val == 0 or n_train < n_val):
-            raise UserError(
-                f"data.val_fraction={fraction} leaves class {name!r} {n_train} training and {n_val} "
-                "validation images; each class needs at least one validation image and at least as many "
-                "training as validation images: lower data.val_fraction (0.1 is usual), or add images of "
-                "that class (a class whose images are all one patient's cannot be validated)"
-            )
 
 
 class ClassificationDataModule(L.LightningDataModule):
@@ -169,7 +127,7 @@ class ClassificationDataModule(L.LightningDataModule):
         splits = {name: SplitView(split, np.arange(len(split))) for name, split in loaded.items()}
         if self.folds is not None:
             # The fold replaces val_fraction's split and the data set's own val split, which joins the pool.
-            pool = _training_pool(loaded)
+            pool = training_pool(loaded)
             try:
                 train_idx, val_idx = grouped_stratified_kfold(
                     pool.labels, pool.groups, self.folds, self.fold, self.seed
@@ -182,7 +140,7 @@ class ClassificationDataModule(L.LightningDataModule):
             train_idx, val_idx = grouped_stratified_split(
                 train.labels, train.groups, self.val_fraction, self.seed
             )
-            _check_carved_split(train.labels, train_idx, val_idx, self.class_names, self.val_fraction)
+            check_carved_split(train.labels, train_idx, val_idx, self.class_names, self.val_fraction)
             splits["train"], splits["val"] = SplitView(train, train_idx), SplitView(train, val_idx)
         for name, split in splits.items():
             bad = set(np.unique(split.labels).tolist()) - set(range(len(self.class_names)))

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
+
 import numpy as np
+
+from xray_cls.data.base import SplitArrays
+from xray_cls.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 def grouped_stratified_split(
@@ -89,3 +97,50 @@ def grouped_stratified_kfold(
         if i == fold:
             return np.sort(train_idx), np.sort(val_idx)
     raise AssertionError("unreachable: the splitter yields `folds` splits")
+
+
+def training_pool(loaded: Mapping[str, SplitArrays]) -> SplitArrays:
+    """What k-fold cross-validation folds: the train split, plus the data set's own val split where it has
+    one (copied into one array). Where only one of them names patients, each image of the other is its own
+    group."""
+    train, val = loaded["train"], loaded.get("val")
+    if val is None:
+        return train
+    log.info(
+        "k-fold: the data set's val split (%d) joins train (%d) in the pool that is folded",
+        len(val),
+        len(train),
+    )
+    groups = None
+    if train.groups is not None or val.groups is not None:
+        groups = np.concatenate(
+            [
+                np.asarray(split.groups).astype(str)
+                if split.groups is not None
+                else np.array([f"{name}#{i}" for i in range(len(split))])
+                for name, split in (("train", train), ("val", val))
+            ]
+        )
+    return SplitArrays(
+        np.concatenate([np.asarray(train.images), np.asarray(val.images)]),
+        np.concatenate([train.labels, val.labels]),
+        groups,
+    )
+
+
+def check_carved_split(
+    labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, class_names: list[str], fraction: float
+) -> None:
+    """Refuse a validation split carved by ``data.val_fraction`` that leaves a class without a validation
+    image, or with fewer training than validation images: the model would learn from a handful of images,
+    or be judged on a class it is never shown."""
+    train_counts = np.bincount(labels[train_idx], minlength=len(class_names))
+    val_counts = np.bincount(labels[val_idx], minlength=len(class_names))
+    for name, n_train, n_val in zip(class_names, train_counts, val_counts, strict=False):
+        if n_train + n_val and (n_val == 0 or n_train < n_val):
+            raise UserError(
+                f"data.val_fraction={fraction} leaves class {name!r} {n_train} training and {n_val} "
+                "validation images; each class needs at least one validation image and at least as many "
+                "training as validation images: lower data.val_fraction (0.1 is usual), or add images of "
+                "that class (a class whose images are all one patient's cannot be validated)"
+            )

@@ -15,13 +15,14 @@ class AveragedViews(nn.Module):
 
     The transforms: a horizontal flip when ``hflip`` (only data sets whose training flips may use it:
     a flipped chest X-ray puts the heart on the wrong side), else shifts by ``image_size / 32`` pixels (at
-    least one) up, down, left and right, with the border replicated. Returns the log of the averaged
-    probabilities: its softmax is that average, and the cross-entropy loss on it stays meaningful.
+    least one) up, down, left and right, with the border replicated. Each view's probabilities are the
+    calibrated ones (logits / ``temperature``); returned is the log of their average times ``temperature``,
+    so that the module's own division by the temperature gives back that average under softmax.
     """
 
-    def __init__(self, net: nn.Module, hflip: bool, image_size: int) -> None:
+    def __init__(self, net: nn.Module, hflip: bool, image_size: int, temperature: float = 1.0) -> None:
         super().__init__()
-        self.net, self.hflip = net, hflip
+        self.net, self.hflip, self.temperature = net, hflip, temperature
         self.shift = max(1, round(image_size / 32))
 
     def views(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -33,8 +34,9 @@ class AveragedViews(nn.Module):
         return [x] + [padded[..., s + dy : s + dy + h, s + dx : s + dx + w] for dy, dx in offsets]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        probs = torch.stack([self.net(v).float().softmax(-1) for v in self.views(x)]).mean(0)
-        return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
+        t = self.temperature
+        probs = torch.stack([(self.net(v).float() / t).softmax(-1) for v in self.views(x)]).mean(0)
+        return probs.clamp_min(torch.finfo(probs.dtype).tiny).log() * t
 
 
 @contextmanager
@@ -42,7 +44,7 @@ def tta(module: nn.Module, hflip: bool, image_size: int) -> Iterator[None]:
     """Within the block, ``module.net`` is wrapped in :class:`AveragedViews`; outside it is the plain net
     again (Grad-CAM explains the plain net: its hooks must see one forward pass, not one per view)."""
     net = module.net
-    module.net = AveragedViews(net, hflip, image_size)
+    module.net = AveragedViews(net, hflip, image_size, float(module.temperature))
     try:
         yield
     finally:
