@@ -62,7 +62,8 @@ def test_the_environment_picks_the_store_and_the_config_overrides_it(
         "output_dir": str(tmp_path / "a"),
     }
     mlflow_logger(**where).log_metrics({"x": 1.0})
+    mlflow_logger(**where).log_metrics({"z": 3.0})  # the same run directory again (resumed): the same run
     mlflow_logger(**where, tracking_uri=from_config).log_metrics({"y": 2.0})
-    assert [r.data.metrics for r in _runs(from_env)] == [{"x": 1.0}]
+    assert [r.data.metrics for r in _runs(from_env)] == [{"x": 1.0, "z": 3.0}]
     assert [r.data.metrics for r in _runs(from_config)] == [{"y": 2.0}]
     assert not (tmp_path / "local").exists()  # the default store is not touched

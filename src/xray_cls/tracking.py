@@ -13,9 +13,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lightning.pytorch.loggers import Logger, MLFlowLogger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from xray_cls.hparams import hparams
+from xray_cls.io import write_text_atomic
+
+# In the run directory: the id of its MLflow run, so that a resumed or requeued run logs on into that run.
+RUN_ID_FILE = "mlflow_run_id.txt"
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +33,10 @@ def mlflow_logger(
     experiment_name: str = "xray_cls",
     artifact_location: str | None = None,
 ) -> MLFlowLogger:
-    """A logger for a new MLflow run named after the run directory (``train/runs/<time>``, a sweep job's
-    ``train/multiruns/<time>/<n>``). The store: ``tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else SQLite
-    in ``local_store`` (MLflow 3 refuses its plain-file store unless told otherwise)."""
+    """A logger for the MLflow run of this run directory: a new run named after it (``train/runs/<time>``, a
+    sweep job's ``train/multiruns/<time>/<n>``), or the run it started before (``resume=``, a requeued SLURM
+    job). The store: ``tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else SQLite in ``local_store`` (MLflow 3
+    refuses its plain-file store unless told otherwise)."""
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         store = Path(local_store).resolve()
@@ -43,13 +49,34 @@ def mlflow_logger(
         run_name = run_dir.relative_to(Path(log_dir).resolve()).as_posix()
     except ValueError:
         run_name = run_dir.name
-    return MLFlowLogger(
+    id_file = run_dir / RUN_ID_FILE
+    run_id = _earlier_run(id_file, uri)
+    logger = MLFlowLogger(
         experiment_name=experiment_name,
         run_name=run_name,
         tracking_uri=uri,
         tags={"run_dir": str(run_dir)},
         artifact_location=artifact_location,
+        run_id=run_id,
     )
+    if run_id is None and rank_zero_only.rank == 0:  # other DDP ranks log nothing (Lightning's rule)
+        write_text_atomic(id_file, f"{logger.run_id}\n")  # creates the run now
+    return logger
+
+
+def _earlier_run(id_file: Path, uri: str) -> str | None:
+    """The MLflow run this run directory started, when the store at ``uri`` holds it."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    if not id_file.is_file():
+        return None
+    run_id = id_file.read_text().strip()
+    try:
+        MlflowClient(uri).get_run(run_id)
+    except MlflowException:  # logged to another store before: start a new run in this one
+        return None
+    return run_id
 
 
 def log_run(loggers: Sequence[Logger], cfg: DictConfig, best_checkpoint: str | None) -> None:
