@@ -22,8 +22,6 @@ from xray_cls.io import write_text_atomic
 # In the run directory: the id of its MLflow run, so that a resumed or requeued run logs on into that run.
 RUN_ID_FILE = "mlflow_run_id.txt"
 
-log = logging.getLogger(__name__)
-
 
 def mlflow_logger(
     local_store: str,
@@ -37,6 +35,10 @@ def mlflow_logger(
     sweep job's ``train/multiruns/<time>/<n>``), or the run it started before (``resume=``, a requeued SLURM
     job). The store: ``tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else SQLite in ``local_store`` (MLflow 3
     refuses its plain-file store unless told otherwise)."""
+    # First use of a store: MLflow announces its table migrations (INFO) and Lightning warns that it creates
+    # the experiment; both are expected here, neither asks anything of the user.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    logging.getLogger("lightning.pytorch.loggers.mlflow").setLevel(logging.ERROR)
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         store = Path(local_store).resolve()
