@@ -60,8 +60,9 @@ def export(cfg: DictConfig, overrides: list[str]) -> Path:
     with open_dict(cfg):  # the class list as resolved in training (an image folder need not exist here)
         cfg.data.class_names = list(checkpoint["hyper_parameters"]["class_names"])
     validate(cfg)
-    if cfg.export.tolerance < 0 or cfg.export.check_images < 0:
-        raise UserError("export.tolerance and export.check_images must be >= 0")
+    for key in ("tolerance", "check_images"):
+        if not cfg.export[key] >= 0:
+            raise UserError(f"invalid config: export.{key}={cfg.export[key]}; allowed: a number >= 0")
     output_dir = Path(cfg.paths.output_dir)
     write_text_atomic(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     seed_everything(cfg)
@@ -129,7 +130,8 @@ def write_onnx(
             verbose=False,
         )
     except Exception as err:
-        raise UserError(f"torch.onnx.export failed for this model: {type(err).__name__}: {err}") from None
+        first = (str(err).strip().splitlines() or [""])[0]  # the exporter appends pages of diagnostics
+        raise UserError(f"torch.onnx.export failed for this model: {type(err).__name__}: {first}") from None
     model = program.model_proto
     onnx.helper.set_model_props(model, metadata(module, num_channels, image_size))
     path.parent.mkdir(parents=True, exist_ok=True)
