@@ -9,7 +9,7 @@ from mlflow import MlflowClient
 
 from tests.conftest import QUICK
 from tests.eval_fixtures import binary_run, compose_cfg
-from xray_cls.tracking import mlflow_logger
+from xray_cls.tracking import RUN_ID_FILE, mlflow_logger, store_uri
 from xray_cls.train import train
 
 
@@ -50,20 +50,21 @@ def test_a_training_run_is_read_back_from_the_local_store(
     assert checkpoints == [Path(metrics["best_checkpoint"]).name]
     assert run.info.artifact_uri.startswith((tmp_path / "mlflow" / "artifacts").as_uri())
 
+    # The same run directory again (resume=, a requeued SLURM job) logs on into the same MLflow run.
+    run_dir = tmp_path / "train" / "runs" / "one"
+    assert (run_dir / RUN_ID_FILE).read_text().strip() == run.info.run_id
+    again = mlflow_logger(str(tmp_path / "mlflow"), str(run_dir), str(tmp_path))
+    again.log_metrics({"resumed": 1.0})
+    (run,) = _runs(store)
+    assert run.data.metrics["resumed"] == 1.0
+
 
 def test_the_environment_picks_the_store_and_the_config_overrides_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from_env, from_config = f"sqlite:///{tmp_path / 'env.db'}", f"sqlite:///{tmp_path / 'config.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", from_env)
-    where = {
-        "local_store": str(tmp_path / "local"),
-        "log_dir": str(tmp_path),
-        "output_dir": str(tmp_path / "a"),
-    }
-    mlflow_logger(**where).log_metrics({"x": 1.0})
-    mlflow_logger(**where).log_metrics({"z": 3.0})  # the same run directory again (resumed): the same run
-    mlflow_logger(**where, tracking_uri=from_config).log_metrics({"y": 2.0})
-    assert [r.data.metrics for r in _runs(from_env)] == [{"x": 1.0, "z": 3.0}]
-    assert [r.data.metrics for r in _runs(from_config)] == [{"y": 2.0}]
-    assert not (tmp_path / "local").exists()  # the default store is not touched
+    local = str(tmp_path / "mlflow")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert store_uri(None, local) == f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.invalid:5000")
+    assert store_uri(None, local) == "http://tracking.invalid:5000"
+    assert store_uri("sqlite:////elsewhere/mlflow.db", local) == "sqlite:////elsewhere/mlflow.db"

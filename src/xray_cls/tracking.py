@@ -39,13 +39,11 @@ def mlflow_logger(
     # the experiment; both are expected here, neither asks anything of the user.
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     logging.getLogger("lightning.pytorch.loggers.mlflow").setLevel(logging.ERROR)
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if not uri:
-        store = Path(local_store).resolve()
-        store.mkdir(parents=True, exist_ok=True)
-        uri = f"sqlite:///{store / 'mlflow.db'}"
+    uri = store_uri(tracking_uri, local_store)
+    if uri == _local_uri(local_store):
+        Path(local_store).mkdir(parents=True, exist_ok=True)
         # Else MLflow puts a new experiment's artifacts in ./mlruns of whatever folder the command ran in.
-        artifact_location = artifact_location or (store / "artifacts").as_uri()
+        artifact_location = artifact_location or (Path(local_store).resolve() / "artifacts").as_uri()
     run_dir = Path(output_dir).resolve()
     try:
         run_name = run_dir.relative_to(Path(log_dir).resolve()).as_posix()
@@ -64,6 +62,15 @@ def mlflow_logger(
     if run_id is None and rank_zero_only.rank == 0:  # other DDP ranks log nothing (Lightning's rule)
         write_text_atomic(id_file, f"{logger.run_id}\n")  # creates the run now
     return logger
+
+
+def store_uri(tracking_uri: str | None, local_store: str) -> str:
+    """``tracking_uri`` (the config's), else ``$MLFLOW_TRACKING_URI``, else SQLite in ``local_store``."""
+    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or _local_uri(local_store)
+
+
+def _local_uri(local_store: str) -> str:
+    return f"sqlite:///{Path(local_store).resolve() / 'mlflow.db'}"
 
 
 def _earlier_run(id_file: Path, uri: str) -> str | None:
