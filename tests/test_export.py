@@ -15,7 +15,7 @@ from onnx import numpy_helper
 from tests.eval_fixtures import BinaryRun, binary_run
 from xray_cls.checkpoints import load_checkpoint, module_from_checkpoint
 from xray_cls.errors import UserError
-from xray_cls.export import check_onnx, export
+from xray_cls.export import check_onnx, export, first_test_images
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +71,20 @@ def test_a_tampered_file_fails_the_check_with_the_difference(
     number = r"\d\.\d+(e-\d+)?"
     with pytest.raises(UserError, match=rf"differ by up to {number} in probability on 8 test images"):
         check_onnx(tampered, module, images, 1e-4)
+
+
+def test_a_difference_over_the_tolerance_fails_the_export_with_that_number(
+    exported: tuple[BinaryRun, Path], tmp_path: Path
+) -> None:
+    from tests.eval_fixtures import compose_cfg
+
+    run, path = exported
+    args = [f"ckpt_path={run.best}", "export.tolerance=0"]
+    cfg = compose_cfg("export", [f"paths.output_dir={tmp_path}", *run.overrides, *args, "trainer=cpu"])
+    module = module_from_checkpoint(load_checkpoint(run.best)).eval()
+    difference = check_onnx(path, module, first_test_images(cfg, cfg.export.check_images), 1.0)
+    if difference == 0:  # onnxruntime and torch agreed to the last bit: no tolerance can fail
+        pytest.skip("the exported model matches the module exactly")
+    with pytest.raises(UserError, match=rf"differ by up to {difference:.3g} in probability .*tolerance=0\)"):
+        export(cfg, args)
+    assert not list(tmp_path.glob("*.onnx"))  # neither model.onnx nor the unchecked file is left

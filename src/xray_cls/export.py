@@ -74,7 +74,7 @@ def export(cfg: DictConfig, overrides: list[str]) -> Path:
     unchecked = output_dir / "model.unchecked.onnx"  # renamed once onnxruntime agrees with the module
     write_onnx(module, unchecked, cfg.data.num_channels, cfg.data.image_size, cfg.export.opset)
     if cfg.export.check_images > 0:
-        images = test_images(cfg, cfg.export.check_images)
+        images = first_test_images(cfg, cfg.export.check_images)
         try:
             difference = check_onnx(unchecked, module, images, cfg.export.tolerance)
         except UserError:
@@ -139,7 +139,7 @@ def write_onnx(
     onnx.checker.check_model(str(path))
 
 
-def test_images(cfg: DictConfig, count: int) -> torch.Tensor:
+def first_test_images(cfg: DictConfig, count: int) -> torch.Tensor:
     """The first ``count`` images of the data set's test split, as the module takes them (float, [0, 1])."""
     datamodule = build(cfg.data)
     datamodule.prepare_data()
