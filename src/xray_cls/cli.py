@@ -1,4 +1,4 @@
-"""Where ``python -m xray_cls.train|eval|predict`` (and the ``xray-*`` scripts) start.
+"""Where ``python -m xray_cls.train|eval|predict|export`` (and the ``xray-*`` scripts) start.
 
 Hydra parses the command line and composes the config here, and the rules of ``validation.py`` check it,
 before the pipeline modules are imported: they need torch, Lightning and torchmetrics, which take seconds to
@@ -64,3 +64,12 @@ def predict_main(cfg: DictConfig) -> None:
     quiet_library_noise()
     with user_errors():
         predict(cfg, command_line_overrides())
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="export")
+def export_main(cfg: DictConfig) -> None:
+    from xray_cls.export import export
+
+    quiet_library_noise()
+    with user_errors():
+        export(cfg, command_line_overrides())

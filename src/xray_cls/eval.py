@@ -38,6 +38,7 @@ from xray_cls.evaluation.summary import stored_threshold_how, summarize
 from xray_cls.evaluation.tta import tta
 from xray_cls.io import write_json_atomic, write_text_atomic
 from xray_cls.runtime import build, instantiate_all, seed_everything
+from xray_cls.tracking import log_run
 from xray_cls.train import scalars
 from xray_cls.validation import validate
 
@@ -84,6 +85,7 @@ def evaluate(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
             output_dir, summary, metrics, collected, module, figures_cfg.gradcam_per_class, trainer.loggers
         )
         write_json_atomic(output_dir / "metrics.json", metrics)
+        log_run(trainer.loggers, cfg, None)  # MLflow: the hyperparameters (the checkpoint is the run's)
         log.info("report: %s", report)
     return metrics
 

@@ -41,6 +41,7 @@ from xray_cls.runtime import (
     instantiate_all,
     seed_everything,
 )
+from xray_cls.tracking import log_run
 from xray_cls.validation import check_image_size, validate
 
 log = logging.getLogger("xray_cls.train")
@@ -99,6 +100,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 type(err).__name__, err, metrics.get("best_checkpoint"),
             )  # fmt: skip
         log_hparams(trainer, cfg, metrics)
+        log_run(trainer.loggers, cfg, metrics.get("best_checkpoint"))
         print(closing_lines(output_dir, metrics, report), flush=True)
     return metrics
 

@@ -16,6 +16,7 @@ from xray_cls.evaluation import figures as draw
 from xray_cls.evaluation.gradcam import gradcam, overlay
 from xray_cls.evaluation.metrics import operating_point_name
 from xray_cls.evaluation.threshold import predicted_labels
+from xray_cls.tracking import log_figures
 
 # File stem -> caption, in report order.
 CAPTIONS = {
@@ -119,7 +120,8 @@ def _caption(class_names: Sequence[str], true: int, pred: int, probs: torch.Tens
 def write_figures(
     figures: Mapping[str, Figure], folder: Path, loggers: Sequence[Logger], step: int = 0
 ) -> dict[str, Path]:
-    """Each figure as ``folder/<name>.png`` and, for each TensorBoard logger, as ``eval/<name>``."""
+    """Each figure as ``folder/<name>.png``, for each TensorBoard logger as ``eval/<name>`` and for each
+    MLflow logger as the artifact ``figures/<name>.png``."""
     paths = {}
     for name, fig in figures.items():
         paths[name] = draw.save(fig, folder / f"{name}.png")
@@ -130,4 +132,5 @@ def write_figures(
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.experiment.flush()  # the trainer has finalised its loggers: nothing else will flush
+    log_figures(loggers, paths)
     return paths
