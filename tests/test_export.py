@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -88,3 +89,11 @@ def test_a_difference_over_the_tolerance_fails_the_export_with_that_number(
     with pytest.raises(UserError, match=rf"differ by up to {difference:.3g} in probability .*tolerance=0\)"):
         export(cfg, args)
     assert not list(tmp_path.glob("*.onnx"))  # neither model.onnx nor the unchecked file is left
+
+
+@pytest.mark.parametrize("override", ["export.tolerance=-1", "export.check_images=-2"])
+def test_nonsense_export_settings_are_refused(make_cfg, override: str) -> None:
+    from xray_cls.validation import validate
+
+    with pytest.raises(UserError, match=f"invalid config: {re.escape(override)}; allowed: a"):
+        validate(make_cfg("ckpt_path=x.ckpt", override, config_name="export"))

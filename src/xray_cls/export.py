@@ -60,9 +60,6 @@ def export(cfg: DictConfig, overrides: list[str]) -> Path:
     with open_dict(cfg):  # the class list as resolved in training (an image folder need not exist here)
         cfg.data.class_names = list(checkpoint["hyper_parameters"]["class_names"])
     validate(cfg)
-    for key in ("tolerance", "check_images"):
-        if not cfg.export[key] >= 0:
-            raise UserError(f"invalid config: export.{key}={cfg.export[key]}; allowed: a number >= 0")
     output_dir = Path(cfg.paths.output_dir)
     write_text_atomic(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     seed_everything(cfg)

@@ -96,6 +96,8 @@ RULES = [
         "eval.bootstrap.resamples", _number(lambda v: v >= 0 and v == int(v)), "a whole number >= 0 (0: off)"
     ),
     Rule("eval.bootstrap.confidence", _number(lambda v: 0 < v < 1), "a fraction in (0, 1)"),
+    Rule("export.tolerance", _number(lambda v: v >= 0), "a number >= 0"),
+    Rule("export.check_images", _number(lambda v: v >= 0 and v == int(v)), "a whole number >= 0 (0: none)"),
     Rule("on_nonfinite_loss", lambda v, _: v in ("stop", "skip"), "stop | skip"),
     Rule("monitor.mode", lambda v, _: v in ("min", "max"), "min | max"),
 ]
