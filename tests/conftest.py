@@ -81,3 +81,13 @@ def make_cfg(data_dir: Path, tmp_path: Path) -> Iterator:
 
     yield _make
     GlobalHydra.instance().clear()
+
+
+@pytest.fixture(autouse=True)
+def no_hydra_record() -> Iterator[None]:
+    """Hydra's record of a run (choices, overrides) is global: no test sees another's."""
+    from hydra.core.hydra_config import HydraConfig
+
+    HydraConfig.instance().cfg = None
+    yield
+    HydraConfig.instance().cfg = None

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +29,6 @@ from xray_cls.train import train
 # Named, not left to the defaults, which change.
 OPTIONS = ("data=mnist", "optimizer=adam", "scheduler=none")
 SUMMARIES = {"_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info"}
-
-
-@pytest.fixture(autouse=True)
-def no_hydra_record() -> Iterator[None]:
-    """Hydra's record of a run (choices, overrides) is global: no test sees another's."""
-    HydraConfig.instance().cfg = None
-    yield
-    HydraConfig.instance().cfg = None
 
 
 def _read(tensorboard_dir: Path) -> tuple[EventAccumulator, dict[str, HParamsPluginData]]:
