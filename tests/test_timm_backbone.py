@@ -145,6 +145,13 @@ def test_wrong_options_are_user_errors(options: dict, match: str) -> None:
         TimmBackbone(**{"name": NAME, "num_classes": 2, "in_channels": 1, **options})
 
 
+def test_model_timm_without_a_name_is_refused_before_anything_is_built(make_cfg) -> None:
+    from xray_cls.validation import validate
+
+    with pytest.raises(UserError, match=r"invalid config: model.net.name=\?\?\?; allowed: a timm model name"):
+        validate(make_cfg("model=timm"))
+
+
 @pytest.mark.slow
 def test_a_timm_backbone_trains_its_head_alone_and_is_evaluated(make_cfg, tmp_path: Path) -> None:
     reference = _reference()
