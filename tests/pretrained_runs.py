@@ -33,7 +33,7 @@ def train_and_evaluate(make_cfg, tmp_path: Path, *model: str) -> PretrainedRun:
         f"data.source.path={tmp_path / 'cxr'}",
         "data.num_channels=1",
         "data.image_size=32",
-        "data.batch_size=8",
+        "data.batch_size=4",
         "trainer.limit_train_batches=2",
         "trainer.limit_val_batches=1",
         "trainer.limit_test_batches=1",
