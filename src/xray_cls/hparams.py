@@ -48,7 +48,7 @@ FIRST_METRICS = (
 # Without Hydra's record of the chosen options (a config composed in code, or restored by `resume=`), a
 # group is named by the first of these keys that its config holds; a `_target_` by its last component.
 _GROUP_NAMES = {
-    "model": ("net.arch", "net._target_"),
+    "model": ("net.arch", "net.name", "net._target_"),
     "data": ("source.dataset", "source._target_"),
     "optimizer": ("_target_",),
     "scheduler": ("factory._target_",),

@@ -103,8 +103,17 @@ RULES = [
 ]
 
 
+# What a model config leaves for the command line (`???`), and what to give there.
+REQUIRED = {"model.net.name": "a timm model name, e.g. convnext_nano (timm.list_models() lists them)"}
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise :class:`UserError` for the first value that cannot work."""
+    net = OmegaConf.select(cfg, "model.net")
+    for key in net if isinstance(net, DictConfig) else ():
+        if OmegaConf.is_missing(net, key):
+            required = REQUIRED.get(f"model.net.{key}", "a value, on the command line or in the model config")
+            raise UserError(f"invalid config: model.net.{key}=???; allowed: {required}")
     for rule in RULES:
         value = OmegaConf.select(cfg, rule.key, default=_MISSING)
         if value is not _MISSING and not rule.ok(value, cfg):

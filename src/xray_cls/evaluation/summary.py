@@ -134,6 +134,8 @@ def describe_data(cfg: DictConfig) -> str:
 
 
 def describe_model(net: Mapping[str, Any]) -> str:
-    """``ModernCNN``, ``TorchvisionBackbone resnet18``: the network's class, and its architecture if named."""
+    """``ModernCNN``, ``TorchvisionBackbone resnet18``, ``TimmBackbone convnext_nano``: the network's class,
+    and its architecture (or timm name, or torchxrayvision weights) if named."""
     name = net["_target_"].rsplit(".", 1)[-1]
-    return f"{name} {net['arch']}" if net.get("arch") else name
+    detail = next((net[key] for key in ("arch", "name", "weights") if net.get(key)), None)
+    return f"{name} {detail}" if detail else name

@@ -105,9 +105,11 @@ class TorchvisionBackbone(Classifier):
             check_size_limits(image_size, self.fixed_image_size, self.min_image_size)
         default_weights = get_model_weights(arch).DEFAULT
         if weights_path is not None:
-            _load_checked(self.model, _read_state_dict(Path(weights_path), arch), arch, weights_path)
+            state = _read_state_dict(Path(weights_path), arch)
+            load_checked(self.model, state, weights_path, _torchvision_state(arch))
         elif pretrained:
-            _load_checked(self.model, _download_state_dict(arch, default_weights), arch, default_weights.url)
+            state = _download_state_dict(arch, default_weights)
+            load_checked(self.model, state, default_weights.url, _torchvision_state(arch))
 
         new_head = nn.Sequential(nn.Dropout(dropout), nn.Linear(old_head.in_features, num_classes))
         _replace(self.model, head, new_head)
@@ -191,6 +193,13 @@ def _sum_input_channels(conv: nn.Conv2d) -> nn.Conv2d:
     return gray
 
 
+def _torchvision_state(arch: str) -> str:
+    return (
+        f"the state dict of torchvision's unmodified {arch} (1000-class head, RGB stem), such as the file "
+        "torchvision downloads (model.net.weights_path)"
+    )
+
+
 def _download_state_dict(arch: str, weights: torchvision.models.WeightsEnum) -> dict[str, torch.Tensor]:
     """torchvision's default weights for ``arch``, from torch.hub's cache, downloading them if missing."""
     file_name = Path(urlparse(weights.url).path).name
@@ -237,16 +246,19 @@ def _read_state_dict(path: Path, arch: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def _load_checked(model: nn.Module, state: dict[str, torch.Tensor], arch: str, source: str | Path) -> None:
-    """``load_state_dict(strict=True)`` with shapes checked too, naming the first offenders in one error."""
-    expected = model.state_dict()
+def load_checked(model: nn.Module, state: Any, source: str | Path, expected: str) -> None:
+    """``load_state_dict(strict=True)`` with shapes checked too, naming the first offenders in one error;
+    ``expected`` says what the file must hold."""
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{source} holds a {type(state).__name__}, not {expected}")
+    wanted = model.state_dict()
     # Checkpoints older than PyTorch 0.4.1 (torchvision's DenseNet) lack batch norm's step counter, which
     # BatchNorm fills in on load; nothing else may be missing.
-    missing = [k for k in expected if k not in state and not k.endswith(".num_batches_tracked")]
-    unexpected = [k for k in state if k not in expected]
+    missing = [k for k in wanted if k not in state and not k.endswith(".num_batches_tracked")]
+    unexpected = [k for k in state if k not in wanted]
     mismatched = [
         f"{k} {tuple(state[k].shape)} in the file vs {tuple(v.shape)} in the model"
-        for k, v in expected.items()
+        for k, v in wanted.items()
         if k in state and state[k].shape != v.shape
     ]
     problems = [
@@ -255,9 +267,5 @@ def _load_checked(model: nn.Module, state: dict[str, torch.Tensor], arch: str, s
         if keys
     ]
     if problems:
-        raise UserError(
-            f"the weights in {source} do not fit torchvision's {arch}: {'; '.join(problems)}. "
-            f"model.net.weights_path needs the state dict of the unmodified {arch} (1000-class head, RGB "
-            "stem), such as the file torchvision downloads"
-        )
+        raise UserError(f"the weights in {source} do not fit: {'; '.join(problems)}. It must hold {expected}")
     model.load_state_dict(state, strict=False)  # strict above, but for num_batches_tracked
