@@ -19,21 +19,22 @@ from xray_cls.module import Batch, StepOutput
 
 
 class Outputs(Metric):
-    """Every ``(probabilities, targets)`` pair seen, concatenated across batches and ranks."""
+    """Every ``(scores, targets)`` pair seen (probabilities for the report, logits for the operating point),
+    concatenated across batches and ranks."""
 
     full_state_update = False
 
     def __init__(self) -> None:
         super().__init__()
-        self.add_state("probs", default=[], dist_reduce_fx="cat")
+        self.add_state("scores", default=[], dist_reduce_fx="cat")
         self.add_state("targets", default=[], dist_reduce_fx="cat")
 
-    def update(self, probs: torch.Tensor, targets: torch.Tensor) -> None:
-        self.probs.append(probs.float())
+    def update(self, scores: torch.Tensor, targets: torch.Tensor) -> None:
+        self.scores.append(scores.float())
         self.targets.append(targets.long())
 
     def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return dim_zero_cat(self.probs), dim_zero_cat(self.targets)
+        return dim_zero_cat(self.scores), dim_zero_cat(self.targets)
 
 
 @dataclass
